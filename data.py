@@ -1,0 +1,610 @@
+"""Data for CrPO: read and validate JSON Lines, build preference pairs, split by prompt, tokenize, batch.
+
+    rows, report = read_rows("muce.jsonl")                 # validated rows + what was read/kept/skipped
+    pairs, stats = build_pairs(rows, min_margin=1.0)       # (prompt, chosen, rejected) from ratings
+    train, val = split_by_prompt(pairs, val_frac=0.1, seed=0)
+    items, tstats = tokenize_pairs(train, tokenizer, max_len=512)
+    batch = collate(items[:8], tokenizer.pad_id)           # input_ids / attention_mask / response_mask [2B, T]
+
+Two row kinds, one per file (the kind of the first good row):
+- rating rows (MuCE style): {"prompt", "response", "score", "task"?, "item"?, "language"?, ...}; MuCE's
+  column names are aliases: FullPrompt/Prompt -> prompt, Response -> response, facsco_grm_scaled -> score,
+  TasksNamesFull -> task, Language -> language, Dataset -> dataset. Precomputed creativity scores
+  ("novelty", "diversity", "surprise", "quality", as score.py writes them) ride along into the pairs.
+- preference rows (TRL style): {"prompt", "chosen", "rejected"}, each a string or a list of chat messages
+  [{"role", "content"}], optionally with "novelty_chosen", "novelty_rejected", "diversity_chosen", ...
+
+Bad input never crashes with a traceback and never disappears silently: every problem is a DataError
+"FILE:LINE: what is wrong (what to do)", or, with skip_bad_rows=True, a skipped row counted by reason.
+Run `python data.py FILE [--min-margin M ...]` to check a file and see the pairs it gives.
+"""
+import argparse
+import json
+import math
+import random
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+RATING_FIELDS = {  # canonical name -> accepted names, first present wins
+    "prompt": ("prompt", "FullPrompt", "Prompt"),
+    "response": ("response", "Response"),
+    "score": ("score", "facsco_grm_scaled"),
+    "task": ("task", "TasksNamesFull"),
+    "language": ("language", "Language"),
+    "dataset": ("dataset", "Dataset"),
+}
+CREATIVITY = ("novelty", "diversity", "surprise", "quality")
+EPS = 1e-9  # scores closer than this are equal; margins within this of min_margin pass (4.3 - 2.3 >= 2.0)
+
+
+class DataError(Exception):
+    """Bad input. The message is 'FILE:LINE: what is wrong (what to do)' or a file-level reason."""
+
+
+class _BadRow(Exception):
+    def __init__(self, reason, detail):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail  # reason: the category it is counted under
+
+
+# ----------------------------------------------------------------------------------------------------
+# reading and validation
+
+@dataclass
+class ReadReport:
+    """What read_rows saw. Every non-blank line is accounted for: read == kept + skipped + duplicates_merged."""
+    path: str
+    kind: str = None              # "rating" or "preference"
+    lines: int = 0                # physical lines in the file
+    blank: int = 0                # whitespace-only lines (ignored, not rows)
+    read: int = 0                 # non-blank lines = rows read
+    kept: int = 0                 # rows returned (after merging duplicates)
+    skipped: dict = field(default_factory=dict)    # reason -> count
+    examples: dict = field(default_factory=dict)   # reason -> first message of that kind
+    duplicates_merged: int = 0    # rows folded into an earlier row with the same (prompt, response)
+    prompts: int = 0              # distinct prompts among the kept rows
+
+    @property
+    def n_skipped(self):
+        return sum(self.skipped.values())
+
+    def summary(self):
+        kind = f" ({self.kind} rows)" if self.kind else ""
+        s = (f"{self.path}: {self.read:,} rows read{kind}, {self.kept:,} kept, {self.n_skipped:,} skipped, "
+             f"{self.duplicates_merged:,} duplicates merged (mean score); {self.prompts:,} prompts")
+        if self.blank:
+            s += f"; {self.blank:,} blank lines ignored"
+        for reason, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]):
+            s += f"\n  skipped {n:,} x {reason}, first: {self.examples[reason]}"
+        return s
+
+
+def _json_type(value):
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _field(obj, name, aliases=None):
+    """The value of the first present name in aliases (default: name itself), or _BadRow 'missing field'."""
+    for key in aliases or (name,):
+        if key in obj and obj[key] is not None:
+            return obj[key]
+    also = f" (or {', '.join(aliases[1:])})" if aliases and len(aliases) > 1 else ""
+    raise _BadRow("missing field", f"missing field '{name}'{also}")
+
+
+def _text(value, name):
+    if not isinstance(value, str):
+        raise _BadRow("wrong type", f"field '{name}' must be a string, got {_json_type(value)}")
+    if not value.strip():
+        raise _BadRow(f"empty {name}" if name in ("prompt", "response") else "empty response",
+                      f"field '{name}' is empty")
+    return value
+
+
+def _number(value, name, unit_range=False):
+    """A finite int/float (bool is not a number); unit_range: also in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _BadRow("wrong type", f"field '{name}' must be a number, got {_json_type(value)} {json.dumps(value)[:40]}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise _BadRow("non-finite score", f"field '{name}' is {value} (must be a finite number)")
+    if unit_range and not 0.0 <= value <= 1.0:
+        raise _BadRow("score out of range", f"field '{name}' is {value} (creativity scores are in [0, 1]; "
+                                             f"score.py writes them so)")
+    return value
+
+
+def _message_text(value, name, role):
+    """Text of a TRL field: a string, or a list of chat messages (then the content of the last `role` message)."""
+    if isinstance(value, str):
+        return _text(value, name)
+    if not isinstance(value, list):
+        raise _BadRow("wrong type", f"field '{name}' must be a string or a list of chat messages, got {_json_type(value)}")
+    found = None
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise _BadRow("wrong type", f"field '{name}' message {i} must be {{\"role\": str, \"content\": str}}")
+        if m["role"] == role:
+            found = m["content"]
+    if found is None:
+        raise _BadRow("missing field", f"field '{name}' has no {role} message")
+    return _text(found, name)
+
+
+def _parse_rating(obj):
+    row = {k: v for k, v in obj.items() if not any(k in names[1:] for names in RATING_FIELDS.values())}
+    row["kind"] = "rating"
+    row["prompt"] = _text(_field(obj, "prompt", RATING_FIELDS["prompt"]), "prompt")
+    row["response"] = _text(_field(obj, "response", RATING_FIELDS["response"]), "response")
+    row["score"] = _number(_field(obj, "score", RATING_FIELDS["score"]), "score")
+    for name in ("task", "language", "dataset"):
+        for key in RATING_FIELDS[name]:
+            if obj.get(key) is not None:
+                row[name] = obj[key]
+                break
+    for name in CREATIVITY:
+        if obj.get(name) is not None:
+            row[name] = _number(obj[name], name, unit_range=True)
+    return row
+
+
+def _parse_preference(obj):
+    row = dict(obj)
+    row["kind"] = "preference"
+    if obj.get("prompt") is not None:
+        row["prompt"] = _message_text(obj["prompt"], "prompt", "user")
+    elif isinstance(obj.get("chosen"), list):  # TRL "implicit prompt": the user turn sits inside chosen
+        row["prompt"] = _message_text(obj["chosen"], "prompt", "user")
+    else:
+        _field(obj, "prompt")
+    row["chosen"] = _message_text(_field(obj, "chosen"), "chosen", "assistant")
+    row["rejected"] = _message_text(_field(obj, "rejected"), "rejected", "assistant")
+    for name in CREATIVITY:
+        for side in ("chosen", "rejected"):
+            key = f"{name}_{side}"
+            if obj.get(key) is not None:
+                row[key] = _number(obj[key], key, unit_range=True)
+    for key in ("score_chosen", "score_rejected"):  # e.g. UltraFeedback's ratings; only logged
+        if obj.get(key) is not None:
+            row[key] = _number(obj[key], key)
+    return row
+
+
+def read_rows(path, *, skip_bad_rows=False):
+    """Read a JSON Lines file of rating or preference rows -> (rows, ReadReport).
+
+    Each row is a dict with "kind" and "line" (1-based source line) added. A bad row (not UTF-8, not JSON,
+    not an object, missing field, wrong type, empty text, non-finite score, a row of the other kind) raises
+    DataError("FILE:LINE: ...") or, with skip_bad_rows, is skipped and counted by reason. Rating rows with
+    the same (prompt, response) (surrounding whitespace ignored) are merged into the first one:
+    score = mean of their scores (creativity scores likewise), "merged_lines" lists the lines.
+    """
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a JSON Lines file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if lines and lines[0].startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark
+        lines[0] = lines[0][3:]
+
+    report = ReadReport(path=path, lines=len(lines))
+    rows, first_row_of = [], {}  # (prompt, response) -> index into rows
+    merged = {}                  # index into rows -> list of merged rows (the first included)
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            report.blank += 1
+            continue
+        report.read += 1
+        try:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _BadRow("not UTF-8", f"not valid UTF-8 (byte {e.start + 1} of the line)") from None
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise _BadRow("not JSON", f"not valid JSON: {e.msg} at column {e.colno}") from None
+            if not isinstance(obj, dict):
+                raise _BadRow("not a JSON object", f"expected a JSON object {{...}}, got {_json_type(obj)}")
+            kind = "preference" if ("chosen" in obj or "rejected" in obj) else "rating"
+            if report.kind is not None and kind != report.kind:
+                raise _BadRow("other row kind", f"a {kind} row in a file of {report.kind} rows "
+                                                f"(one kind per file, set by the first good row)")
+            row = _parse_preference(obj) if kind == "preference" else _parse_rating(obj)
+        except _BadRow as bad:
+            message = f"{path}:{lineno}: {bad.detail}"
+            if not skip_bad_rows:
+                raise DataError(f"{message} (fix the row, or skip such rows with --skip-bad-rows)") from None
+            report.skipped[bad.reason] = report.skipped.get(bad.reason, 0) + 1
+            report.examples.setdefault(bad.reason, message)
+            continue
+        report.kind = report.kind or kind
+        row["line"] = lineno
+        if kind == "rating":
+            key = (row["prompt"].strip(), row["response"].strip())
+            if key in first_row_of:
+                merged.setdefault(first_row_of[key], [rows[first_row_of[key]]]).append(row)
+                report.duplicates_merged += 1
+                continue
+            first_row_of[key] = len(rows)
+        rows.append(row)
+
+    for i, group in merged.items():  # mean over the duplicates of each numeric score they carry
+        first = rows[i]
+        first["score"] = sum(r["score"] for r in group) / len(group)
+        for name in CREATIVITY:
+            values = [r[name] for r in group if name in r]
+            if values:
+                first[name] = sum(values) / len(values)
+        first["merged_lines"] = [r["line"] for r in group]
+
+    report.kept = len(rows)
+    report.prompts = len({r["prompt"] for r in rows})
+    if report.read == 0:
+        raise DataError(f"{path}: empty file (expected JSON Lines: one JSON object per line)")
+    if not rows:
+        reasons = ", ".join(f"{n} x {r}" for r, n in report.skipped.items())
+        first = next(iter(report.examples.values()))
+        raise DataError(f"{path}: no usable rows: {report.read:,} read, all skipped ({reasons}); "
+                        f"first problem: {first}")
+    assert report.read == report.kept + report.n_skipped + report.duplicates_merged
+    return rows, report
+
+
+# ----------------------------------------------------------------------------------------------------
+# preference pairs
+
+def _candidate_pairs(scores, min_margin):
+    """All (chosen, rejected) index pairs of one prompt group with s_c - s_r >= min_margin and s_c > s_r.
+
+    Returns (chosen, rejected, n_equal): index arrays in the order "largest margin first, then chosen
+    index, then rejected index" (indices = row order in the file), and the number of pairs with equal
+    scores. Vectorised: sorted by score, each response's partners form a suffix of the sorted array.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    n = len(s)
+    order = np.argsort(s, kind="stable")
+    ss = s[order]
+    pos = np.arange(n)
+    first_ok = np.maximum(np.searchsorted(ss, ss + max(min_margin, 0.0) - EPS, side="left"),
+                          np.searchsorted(ss, ss + EPS, side="right"))   # first partner strictly above
+    n_equal = int((np.searchsorted(ss, ss + EPS, side="right") - pos - 1).sum())
+    counts = n - first_ok
+    total = int(counts.sum())
+    low = np.repeat(pos, counts)
+    high = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(first_ok, counts)
+    chosen, rejected = order[high], order[low]
+    margin = np.round(s[chosen] - s[rejected], 9)
+    by = np.lexsort((rejected, chosen, -margin))
+    return chosen[by], rejected[by], n_equal
+
+
+def _greedy_cap(chosen, rejected, n, cap):
+    """Keep candidate k (in the given order) iff both of its responses have joined fewer than cap pairs."""
+    joined = [0] * n
+    keep = []
+    open_responses = n
+    for k, (c, r) in enumerate(zip(chosen.tolist(), rejected.tolist())):
+        if joined[c] < cap and joined[r] < cap:
+            keep.append(k)
+            joined[c] += 1
+            joined[r] += 1
+            open_responses -= (joined[c] == cap) + (joined[r] == cap)
+            if open_responses < 2:
+                break
+    return keep
+
+
+def _length_balance(pairs, seed, stats):
+    """Keep equally many pairs with len(chosen) > len(rejected) and < (characters); drop at random
+    (seeded) from the larger side. Equal-length pairs favour neither side and are all kept."""
+    longer = [i for i, p in enumerate(pairs) if len(p["chosen"]) > len(p["rejected"])]
+    shorter = [i for i, p in enumerate(pairs) if len(p["chosen"]) < len(p["rejected"])]
+    larger, smaller = (longer, shorter) if len(longer) > len(shorter) else (shorter, longer)
+    drop = set(random.Random(seed).sample(larger, len(larger) - len(smaller)))
+    stats["length_dropped"] = len(drop)
+    return [p for i, p in enumerate(pairs) if i not in drop]
+
+
+def build_pairs(rows, *, min_margin=0.0, max_pairs_per_response=None, length_balance=False, seed=0,
+                source=None):
+    """Preference pairs from rows -> (pairs, stats).
+
+    Rating rows, per prompt group: every pair (a, b) with s_a > s_b and s_a - s_b >= min_margin becomes
+    {chosen: a, rejected: b} (equal scores give no preference). max_pairs_per_response = m: greedy over
+    the candidates, largest margin first (ties: earlier chosen row, then earlier rejected row), keep a pair
+    iff both responses have joined < m kept pairs. length_balance: see _length_balance.
+    Each pair: {"prompt", "chosen", "rejected", "score_chosen", "score_rejected"} plus "<k>_chosen",
+    "<k>_rejected" for each creativity score k both rows carry.
+    Preference rows pass through (min_margin and max_pairs_per_response do not apply: no scores; rows
+    with chosen == rejected are dropped and counted). No pairs at all is a DataError; source names the
+    file in that message. stats: counts, with candidate_pairs == equal_score + below_margin + capped +
+    length_dropped + pairs for rating rows.
+    """
+    if not (isinstance(min_margin, (int, float)) and math.isfinite(min_margin) and min_margin >= 0):
+        raise ValueError(f"min_margin must be a finite number >= 0, got {min_margin!r}")
+    if max_pairs_per_response is not None and (not isinstance(max_pairs_per_response, int) or max_pairs_per_response < 1):
+        raise ValueError(f"max_pairs_per_response must be an integer >= 1 or None, got {max_pairs_per_response!r}")
+    source = source or "data"
+    kinds = {r["kind"] for r in rows}
+    if len(kinds) > 1:
+        raise ValueError("rows of both kinds: read_rows gives one kind per file")
+    stats = {"kind": kinds.pop() if kinds else "rating", "rows": len(rows), "length_dropped": 0}
+    pairs = []
+    if stats["kind"] == "preference":
+        identical = 0
+        for r in rows:
+            if r["chosen"].strip() == r["rejected"].strip():
+                identical += 1
+                continue
+            p = {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
+                 "score_chosen": r.get("score_chosen"), "score_rejected": r.get("score_rejected")}
+            p.update({k: r[k] for k in r if k.endswith(("_chosen", "_rejected")) and k.split("_")[0] in CREATIVITY})
+            pairs.append(p)
+        stats.update(prompts=len({r["prompt"] for r in rows}), identical_dropped=identical)
+    else:
+        groups = {}
+        for r in rows:
+            groups.setdefault(r["prompt"], []).append(r)
+        stats.update(prompts=len(groups), single_response_prompts=0, prompts_with_pairs=0, candidate_pairs=0,
+                     equal_score=0, below_margin=0, capped=0, min_margin=min_margin,
+                     max_pairs_per_response=max_pairs_per_response)
+        for prompt, group in tqdm(groups.items(), desc="pairs", unit="prompt", disable=len(rows) < 20000, leave=False):
+            n = len(group)
+            if n == 1:
+                stats["single_response_prompts"] += 1
+                continue
+            chosen, rejected, n_equal = _candidate_pairs([r["score"] for r in group], min_margin)
+            n_candidates = n * (n - 1) // 2
+            stats["candidate_pairs"] += n_candidates
+            stats["equal_score"] += n_equal
+            stats["below_margin"] += n_candidates - n_equal - len(chosen)
+            keep = range(len(chosen)) if max_pairs_per_response is None else _greedy_cap(chosen, rejected, n, max_pairs_per_response)
+            stats["capped"] += len(chosen) - len(keep)
+            stats["prompts_with_pairs"] += len(keep) > 0
+            for k in keep:
+                a, b = group[chosen[k]], group[rejected[k]]
+                p = {"prompt": prompt, "chosen": a["response"], "rejected": b["response"],
+                     "score_chosen": a["score"], "score_rejected": b["score"]}
+                for name in CREATIVITY:
+                    if name in a and name in b:
+                        p[f"{name}_chosen"], p[f"{name}_rejected"] = a[name], b[name]
+                pairs.append(p)
+    if length_balance:
+        pairs = _length_balance(pairs, seed, stats)
+    stats["chosen_longer"] = sum(len(p["chosen"]) > len(p["rejected"]) for p in pairs)
+    stats["chosen_shorter"] = sum(len(p["chosen"]) < len(p["rejected"]) for p in pairs)
+    stats["equal_length"] = len(pairs) - stats["chosen_longer"] - stats["chosen_shorter"]
+    stats["pairs"] = len(pairs)
+    if not pairs:
+        if stats["kind"] == "preference":
+            why = f"{stats['identical_dropped']} rows with chosen == rejected"
+            todo = "give chosen and rejected different texts"
+        else:
+            why = (f"{stats['prompts']} prompts ({stats['single_response_prompts']} with a single response), "
+                   f"{stats['equal_score']:,} pairs with equal scores, {stats['below_margin']:,} below "
+                   f"--min-margin {min_margin:g}")
+            todo = ("lower --min-margin, or give each prompt several responses with different scores"
+                    if stats["below_margin"] else "give each prompt several responses with different scores")
+        if stats["length_dropped"]:
+            why += f", {stats['length_dropped']} dropped by --length-balance"
+            todo += ", or drop --length-balance"
+        raise DataError(f"{source}: no preference pairs: {why} ({todo})")
+    return pairs, stats
+
+
+def pairs_summary(stats):
+    """One or two lines describing build_pairs' stats, for the CLIs."""
+    if stats["kind"] == "preference":
+        s = f"{stats['pairs']:,} pairs from {stats['rows']:,} preference rows over {stats['prompts']:,} prompts"
+        if stats["identical_dropped"]:
+            s += f" ({stats['identical_dropped']:,} with chosen == rejected dropped)"
+    else:
+        cap = stats["max_pairs_per_response"]
+        s = (f"{stats['pairs']:,} pairs from {stats['prompts']:,} prompts ({stats['prompts_with_pairs']:,} give pairs, "
+             f"{stats['single_response_prompts']:,} have one response): of {stats['candidate_pairs']:,} response "
+             f"pairs, {stats['equal_score']:,} equal scores, {stats['below_margin']:,} below min margin "
+             f"{stats['min_margin']:g}" + (f", {stats['capped']:,} over {cap} pairs per response" if cap else ""))
+    if stats["length_dropped"]:
+        s += f", {stats['length_dropped']:,} dropped to balance lengths"
+    s += (f"\n  chosen longer in {stats['chosen_longer']:,}, shorter in {stats['chosen_shorter']:,}, "
+          f"equal length in {stats['equal_length']:,}")
+    return s
+
+
+def split_by_prompt(pairs, val_frac, seed):
+    """(train_pairs, val_pairs): prompts shuffled with `seed`, round(val_frac * n_prompts) of them to val
+    (at least 1 and at most n_prompts - 1 when val_frac > 0 and there are >= 2 prompts). No prompt is in
+    both; pairs keep their order inside each split."""
+    if not 0.0 <= val_frac < 1.0:
+        raise ValueError(f"val_frac must be in [0, 1), got {val_frac!r}")
+    prompts = list(dict.fromkeys(p["prompt"] for p in pairs))
+    random.Random(seed).shuffle(prompts)
+    n_val = round(val_frac * len(prompts))
+    if val_frac > 0 and len(prompts) >= 2:
+        n_val = min(max(n_val, 1), len(prompts) - 1)
+    val_prompts = set(prompts[:n_val])
+    train = [p for p in pairs if p["prompt"] not in val_prompts]
+    val = [p for p in pairs if p["prompt"] in val_prompts]
+    return train, val
+
+
+def split_summary(train, val):
+    def n_prompts(ps):
+        return len({p["prompt"] for p in ps})
+    return (f"train: {len(train):,} pairs over {n_prompts(train):,} prompts; "
+            f"val: {len(val):,} pairs over {n_prompts(val):,} prompts")
+
+
+# ----------------------------------------------------------------------------------------------------
+# tokens and batches
+
+def _common_prefix(a, b):
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _truncate(prompt_ids, keep_head, keep_tail, responses, max_len):
+    """Fit prompt + each response into max_len: first drop prompt-text tokens from the left (the chat
+    template's first keep_head and last keep_tail tokens, e.g. the assistant header, stay), then cut each
+    response on the right. The prompt is cut once for all responses so they share the same context."""
+    over = len(prompt_ids) + max(len(r) for r in responses) - max_len
+    cut = 0
+    if over > 0:
+        cut = max(0, min(over, len(prompt_ids) - keep_head - keep_tail))
+        prompt_ids = prompt_ids[:keep_head] + prompt_ids[keep_head + cut:]
+    room = max(0, max_len - len(prompt_ids))
+    return prompt_ids, [r[:room] for r in responses], cut > 0
+
+
+def tokenize_pairs(pairs, tokenizer, max_len=512):
+    """Tokenize pairs through tokenizer.chat(prompt, response) -> (items, stats).
+
+    Each item: {"chosen_ids", "chosen_start", "rejected_ids", "rejected_start", "index"} where ids is the
+    chat-template prompt + response + end-of-turn, start the index of the first response token, and index
+    the pair's position in `pairs`. Sequences longer than max_len are truncated from the prompt text's left
+    (template head and assistant header kept; the same cut for both sides), then the response's right.
+    A pair whose chosen or rejected response is left empty is dropped. stats counts all of it.
+    """
+    if max_len < 2:
+        raise ValueError(f"max_len must be >= 2, got {max_len}")
+    # Where the prompt text sits inside the template: the tokens shared with the empty prompt's template.
+    try:
+        empty_ids, empty_start = tokenizer.chat("")
+        empty_prompt = list(empty_ids[:empty_start])
+    except Exception:  # a template that refuses empty prompts: fall back to cutting from the very left
+        empty_prompt = []
+    chat_cache = {}
+
+    def chat(prompt, response):
+        key = (prompt, response)
+        if key not in chat_cache:
+            ids, start = tokenizer.chat(prompt, response)
+            chat_cache[key] = (list(ids[:start]), list(ids[start:]))
+        return chat_cache[key]
+
+    stats = {"pairs": len(pairs), "items": 0, "truncated_prompt": 0, "truncated_response": 0,
+             "dropped_empty_response": 0, "tokens": 0, "response_tokens": 0, "longest": 0, "max_len": max_len}
+    items = []
+    for index, p in enumerate(tqdm(pairs, desc="tokenizing", unit="pair", disable=len(pairs) < 2000, leave=False)):
+        prompt_c, resp_c = chat(p["prompt"], p["chosen"])
+        prompt_r, resp_r = chat(p["prompt"], p["rejected"])
+        if prompt_c == prompt_r:  # always, for a tokenizer whose chat() renders the prompt independently
+            groups = [(prompt_c, [resp_c, resp_r])]
+        else:
+            groups = [(prompt_c, [resp_c]), (prompt_r, [resp_r])]
+        out = []
+        for prompt_ids, responses in groups:
+            head = _common_prefix(prompt_ids, empty_prompt)
+            tail = _common_prefix(prompt_ids[head:][::-1], empty_prompt[head:][::-1])
+            new_prompt, new_responses, prompt_cut = _truncate(prompt_ids, head, tail, responses, max_len)
+            stats["truncated_prompt"] += prompt_cut
+            for old, new in zip(responses, new_responses):
+                stats["truncated_response"] += len(new) < len(old)
+                out.append((new_prompt, new))
+        if any(len(r) == 0 for _, r in out):
+            stats["dropped_empty_response"] += 1
+            continue
+        (pc, rc), (pr, rr) = out
+        item = {"chosen_ids": pc + rc, "chosen_start": len(pc), "rejected_ids": pr + rr, "rejected_start": len(pr),
+                "index": index}
+        items.append(item)
+        stats["tokens"] += len(item["chosen_ids"]) + len(item["rejected_ids"])
+        stats["response_tokens"] += len(rc) + len(rr)
+        stats["longest"] = max(stats["longest"], len(item["chosen_ids"]), len(item["rejected_ids"]))
+    stats["items"] = len(items)
+    return items, stats
+
+
+def tokens_summary(stats):
+    return (f"{stats['items']:,} of {stats['pairs']:,} pairs tokenized: {stats['tokens']:,} tokens "
+            f"({stats['response_tokens']:,} response tokens), longest sequence {stats['longest']:,} "
+            f"(max_len {stats['max_len']:,}); truncated: {stats['truncated_prompt']:,} prompts, "
+            f"{stats['truncated_response']:,} responses; {stats['dropped_empty_response']:,} pairs dropped "
+            f"(response empty after truncation)")
+
+
+def collate(items, pad_id):
+    """Right-padded batch of 2B sequences: rows 0..B-1 the chosen, rows B..2B-1 the rejected.
+
+    input_ids [2B, T] (pad_id after the end), attention_mask [2B, T] (1 = real token), response_mask
+    [2B, T] (1 exactly on response tokens, the end-of-turn token included), all torch.long.
+    """
+    if not items:
+        raise ValueError("collate needs at least one item")
+    seqs = [(it["chosen_ids"], it["chosen_start"]) for it in items] + \
+           [(it["rejected_ids"], it["rejected_start"]) for it in items]
+    T = max(len(ids) for ids, _ in seqs)
+    input_ids = torch.full((len(seqs), T), int(pad_id), dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    response_mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for row, (ids, start) in enumerate(seqs):
+        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, :len(ids)] = 1
+        response_mask[row, start:len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI: check a file
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Check a CrPO data file: validate rows, build pairs, split, count tokens.")
+    ap.add_argument("file", help="JSON Lines file of rating rows (MuCE style) or preference rows (TRL style)")
+    ap.add_argument("--min-margin", type=float, default=0.0, help="smallest score difference that makes a pair")
+    ap.add_argument("--max-pairs-per-response", type=int, default=None, help="cap on pairs any one response joins")
+    ap.add_argument("--length-balance", action="store_true", help="as many pairs with the chosen longer as shorter")
+    ap.add_argument("--val-frac", type=float, default=0.1, help="fraction of prompts held out for validation")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-bad-rows", action="store_true", help="skip and count bad rows instead of stopping")
+    ap.add_argument("--tokens", action="store_true", help="also tokenize (loads the tokenizer of --model)")
+    ap.add_argument("--model", default=None, help="model whose tokenizer --tokens uses (default: embedded default)")
+    ap.add_argument("--max-len", type=int, default=512, help="longest sequence, prompt + response, in tokens")
+    args = ap.parse_args(argv)
+    if not (math.isfinite(args.min_margin) and args.min_margin >= 0):
+        ap.error("--min-margin must be a number >= 0")
+    if args.max_pairs_per_response is not None and args.max_pairs_per_response < 1:
+        ap.error("--max-pairs-per-response must be >= 1")
+    if not 0 <= args.val_frac < 1:
+        ap.error("--val-frac must be in [0, 1)")
+    if args.max_len < 2:
+        ap.error("--max-len must be >= 2")
+    try:
+        rows, report = read_rows(args.file, skip_bad_rows=args.skip_bad_rows)
+        print(report.summary())
+        pairs, stats = build_pairs(rows, min_margin=args.min_margin, max_pairs_per_response=args.max_pairs_per_response,
+                                   length_balance=args.length_balance, seed=args.seed, source=args.file)
+        print(pairs_summary(stats))
+        train, val = split_by_prompt(pairs, args.val_frac, args.seed)
+        print(split_summary(train, val))
+        if args.tokens:
+            import model
+            _, tokenizer = model.load(args.model)
+            for name, split in (("train", train), ("val", val)):
+                if split:
+                    print(f"{name}: " + tokens_summary(tokenize_pairs(split, tokenizer, args.max_len)[1]))
+    except DataError as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
