@@ -38,7 +38,7 @@ RATING_FIELDS = {  # canonical name -> accepted names, first present wins
     "dataset": ("dataset", "Dataset"),
 }
 CREATIVITY = ("novelty", "diversity", "surprise", "quality")
-EPS = 1e-9  # scores closer than this are equal; margins within this of min_margin pass (4.3 - 2.3 >= 2.0)
+EPS = 1e-9  # scores closer than this are equal; margins within this of min_margin pass (3.3 - 1.3 >= 2.0)
 
 
 class DataError(Exception):
@@ -356,14 +356,14 @@ def build_pairs(rows, *, min_margin=0.0, max_pairs_per_response=None, length_bal
             pairs.append(p)
         stats.update(prompts=len({r["prompt"] for r in rows}), identical_dropped=identical)
     else:
-        groups = {}
+        groups = {}  # prompt (surrounding whitespace ignored, as for duplicates) -> its rows
         for r in rows:
-            groups.setdefault(r["prompt"], []).append(r)
+            groups.setdefault(r["prompt"].strip(), []).append(r)
         stats.update(prompts=len(groups), single_response_prompts=0, prompts_with_pairs=0, candidate_pairs=0,
                      equal_score=0, below_margin=0, capped=0, min_margin=min_margin,
                      max_pairs_per_response=max_pairs_per_response)
-        for prompt, group in tqdm(groups.items(), desc="pairs", unit="prompt", disable=len(rows) < 20000, leave=False):
-            n = len(group)
+        for group in tqdm(groups.values(), desc="pairs", unit="prompt", disable=len(rows) < 20000, leave=False):
+            prompt, n = group[0]["prompt"], len(group)
             if n == 1:
                 stats["single_response_prompts"] += 1
                 continue
