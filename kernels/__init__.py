@@ -50,7 +50,7 @@ def logprobs(logits, labels, ignore_index=-100, *, inplace_backward=False):
     shape = labels.shape
     z, y = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
     if use_triton(z, y):
-        out = _triton_module.LogProbs.apply(z, y, ignore_index, inplace_backward)
+        out = _triton_module.LogProbs.apply(z, y, ignore_index, inplace_backward, None)
     else:
         out = torch_path.LogProbs.apply(z, y, ignore_index, inplace_backward, None)
     return out.reshape(shape)
@@ -66,10 +66,13 @@ def linear_logprobs(hidden, weight, labels, ignore_index=-100):
     """
     shape = labels.shape
     h, y = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    if h.dtype != weight.dtype:  # one matmul dtype: the weight's (autograd carries dh back through the cast)
+        h = h.to(weight.dtype)
     grad_on = torch.is_grad_enabled()
-    need_dh, need_dw = grad_on and hidden.requires_grad, grad_on and weight.requires_grad
-    if use_triton(h, weight, y):
-        out = _triton_module.LinearLogProbs.apply(h, weight, y, ignore_index, need_dh, need_dw)
-    else:
-        out = torch_path.LinearLogProbs.apply(h, weight, y, ignore_index, need_dh, need_dw, None)
+    need_dh, need_dw = grad_on and h.requires_grad, grad_on and weight.requires_grad
+    with torch.autocast(h.device.type, enabled=False):  # the chunk buffers have the inputs' dtype
+        if use_triton(h, weight, y):
+            out = _triton_module.LinearLogProbs.apply(h, weight, y, ignore_index, need_dh, need_dw, None, None)
+        else:
+            out = torch_path.LinearLogProbs.apply(h, weight, y, ignore_index, need_dh, need_dw, None)
     return out.reshape(shape)

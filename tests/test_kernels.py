@@ -5,7 +5,6 @@ triton picks the interpreter when a kernel is *defined* (at @triton.jit, from TR
 fixture below loads a private copy of kernels/triton_logprobs.py with TRITON_INTERPRET=1 set, leaving
 the rest of the test session (and the `kernels` package) untouched.
 """
-import importlib.util
 import os
 import subprocess
 import sys
@@ -201,3 +200,154 @@ def test_public_api_no_grad_and_empty():
     torch.testing.assert_close(out.double(), ref_logprobs(torch.eye(5, 40) @ z.t(), y[:5] % 5), atol=2e-5, rtol=0)
     empty = kernels.logprobs(torch.zeros(0, 40), torch.zeros(0, dtype=torch.long))
     assert empty.shape == (0,)
+
+
+# ---------------------------------------------------------------- Triton path, in the interpreter
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@pytest.fixture(scope="module")
+def tri():
+    """kernels/triton_logprobs.py with its kernels running in Triton's interpreter (this process was
+    started with TRITON_INTERPRET=1; otherwise test_triton_tests_in_interpreter_subprocess runs these)."""
+    pytest.importorskip("triton", reason="triton is not importable: the Triton path cannot be tested")
+    if not INTERPRETED:
+        pytest.skip("needs TRITON_INTERPRET=1 at start-up: run by test_triton_tests_in_interpreter_subprocess")
+    from kernels import triton_logprobs
+    return triton_logprobs
+
+
+def test_triton_tests_in_interpreter_subprocess():
+    """Triton reads TRITON_INTERPRET when a kernel is defined (@triton.jit, triton's own library included, at
+    import), so the Triton tests of this file run in a fresh process started with TRITON_INTERPRET=1."""
+    pytest.importorskip("triton", reason="triton is not importable: the Triton path cannot be tested")
+    if INTERPRETED:
+        pytest.skip("this process already runs the Triton tests in the interpreter")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__),
+           "-k", "triton and not subprocess or dispatches"]
+    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    tail = res.stdout[-4000:] + res.stderr[-2000:]
+    assert res.returncode == 0, tail
+    assert " passed" in tail and "skipped" not in tail, tail
+
+
+@pytest.mark.parametrize("n,v", SHAPES)
+@pytest.mark.parametrize("ignored", IGNORED)
+def test_triton_logprobs(tri, n, v, ignored):
+    # vocabulary blocks of 64 (forward) / 64 (backward): V = 129, 300, 1000 end in a partial block
+    check_logprobs(lambda z, y, inplace: tri.LogProbs.apply(z, y, IGNORE, inplace, 64), n, v, ignored, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_logprobs_half(tri, dtype):
+    check_logprobs(lambda z, y, inplace: tri.LogProbs.apply(z, y, IGNORE, inplace, 128), 7, 1000, "some", dtype)
+
+
+def test_triton_logprobs_inplace_backward_and_minus_inf(tri):
+    z, y, g = make_case(6, 200, "some", torch.float32, seed=2)
+    z[:, 150:] = float("-inf")  # masked vocabulary entries: probability 0, gradient 0, no NaN
+    y = torch.where(y >= 150, y - 150, y)
+    z_in = z.clone().requires_grad_(True)
+    logits = z_in * 1.0
+    out = tri.LogProbs.apply(logits, y, IGNORE, True, 64)
+    torch.testing.assert_close(out.double(), ref_logprobs(z, y), atol=2e-5, rtol=0)
+    out.backward(g)
+    ref = ref_grad_logits(z, y, g)
+    torch.testing.assert_close(z_in.grad.double(), ref, atol=2e-5, rtol=0)
+    torch.testing.assert_close(logits.detach().double(), ref, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("n,d,v", [(1, 16, 300), (10, 24, 1000)])
+@pytest.mark.parametrize("needs", GRAD_NEEDS)
+def test_triton_linear_logprobs(tri, n, d, v, needs):
+    # budget of 3 rows of logits: several forward chunks; backward in vocabulary chunks of 256 columns
+    budget = 3 * v * 4
+    fn = lambda h, w, y: tri.LinearLogProbs.apply(h, w, y, IGNORE, needs[0], needs[1], budget, 64)
+    check_linear(fn, n, d, v, "some" if n > 1 else "none", torch.float32, needs)
+
+
+@pytest.mark.parametrize("needs", GRAD_NEEDS)
+def test_triton_linear_logprobs_all_ignored_and_bf16(tri, needs):
+    fn = lambda h, w, y: tri.LinearLogProbs.apply(h, w, y, IGNORE, needs[0], needs[1], 3 * 129 * 4, 64)
+    check_linear(fn, 5, 8, 129, "all", torch.float32, needs)
+    fn = lambda h, w, y: tri.LinearLogProbs.apply(h, w, y, IGNORE, needs[0], needs[1], 4 * 500 * 2, 128)
+    check_linear(fn, 11, 32, 500, "some", torch.bfloat16, needs)
+
+
+def test_triton_linear_logprobs_several_token_chunks_in_backward(tri, monkeypatch):
+    # more tokens than one backward chunk: dW blocks add up over token chunks (float32 accumulator)
+    monkeypatch.setattr(tri, "BWD_MAX_TOKENS", 4)
+    fn = lambda h, w, y: tri.LinearLogProbs.apply(h, w, y, IGNORE, True, True, 4 * 300 * 4, 64)
+    check_linear(fn, 10, 16, 300, "some", torch.float32, (True, True))
+    fn = lambda h, w, y: tri.LinearLogProbs.apply(h, w, y, IGNORE, True, True, 4 * 300 * 2, 64)
+    check_linear(fn, 10, 16, 300, "some", torch.bfloat16, (True, True))
+
+
+def test_triton_linear_logprobs_kept_logits_and_second_backward(tri):
+    # everything fits one chunk: the forward's logits are kept; retain_graph + a second backward still right
+    h, w, y, g = make_linear_case(10, 16, 300, "some", torch.float32, seed=7)
+    h_in, w_in = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    out = tri.LinearLogProbs.apply(h_in, w_in, y, IGNORE, True, True, None, 64)
+    out.backward(g, retain_graph=True)
+    out.backward(g)
+    _, ref_dh, ref_dw = ref_linear(h, w, y, g)
+    torch.testing.assert_close(h_in.grad.double(), 2 * ref_dh, atol=4e-5, rtol=0)
+    torch.testing.assert_close(w_in.grad.double(), 2 * ref_dw, atol=4e-5, rtol=0)
+
+
+def test_triton_chunk_sizes_follow_budget(tri):
+    # SPEC shape, bf16, 512 MiB: forward chunks of 2092 tokens; backward: all 8192 tokens x 32768 columns
+    assert tri.chunk_sizes(8192, 128256, 2, 512 * 2**20) == (2092, 8192, 32768)
+    fwd, rows, cols = tri.chunk_sizes(100, 1000, 4, 8000)
+    assert (fwd, rows, cols) == (2, 100, 256)
+
+
+DISPATCH_SCRIPT = r"""
+import torch, kernels
+from kernels import torch_path
+torch.manual_seed(0)
+z = torch.randn(2, 5, 333) * 3; y = torch.randint(0, 333, (2, 5)); y[0, 1] = -100
+assert kernels.use_triton(z, y), "TRITON_INTERPRET=1 on CPU tensors must dispatch to Triton"
+zi = z.clone().requires_grad_(True)
+out = kernels.logprobs(zi, y); out.sum().backward()
+ref = torch_path.LogProbs.apply(z.reshape(-1, 333), y.reshape(-1), -100, False, None).reshape(2, 5)
+assert (out - ref).abs().max() < 2e-5, (out, ref)
+h = torch.randn(2, 5, 16, requires_grad=True); w = torch.randn(333, 16) * 0.5
+out = kernels.linear_logprobs(h, w, y); out.sum().backward()
+ref = torch_path.LinearLogProbs.apply(h.detach().reshape(-1, 16), w, y.reshape(-1), -100, False, False, None)
+assert (out.reshape(-1) - ref).abs().max() < 2e-5
+assert type(kernels._triton_module._logsumexp_fwd_kernel).__name__ == "InterpretedFunction"
+"""
+
+
+def test_public_api_dispatches_to_triton_under_interpreter(tri):
+    exec(compile(DISPATCH_SCRIPT, "DISPATCH_SCRIPT", "exec"), {})
+
+
+# ---------------------------------------------------------------- real kernels (only where CUDA is)
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_kernels_against_float64(dtype):
+    n, d, v = 300, 256, 50_001  # several forward blocks, a partial last block
+    z, y, g = make_case(n, v, "some", dtype, seed=11)
+    z_in = z.cuda().requires_grad_(True)
+    out = kernels.logprobs(z_in, y.cuda())
+    out.backward(g.cuda())
+    torch.testing.assert_close(out.cpu().double(), ref_logprobs(z, y), atol=2e-5 if dtype == torch.float32 else 1e-4,
+                               rtol=0)
+    torch.testing.assert_close(z_in.grad.cpu().double(), ref_grad_logits(z, y, g), atol=TOL[dtype][1], rtol=0)
+    h, w, y, g = make_linear_case(n, d, v, "some", dtype, seed=12)
+    ref_out, ref_dh, ref_dw = ref_linear(h, w, y, g)
+    for needs in GRAD_NEEDS:
+        h_in, w_in = h.cuda().requires_grad_(needs[0]), w.cuda().requires_grad_(needs[1])
+        out = kernels.linear_logprobs(h_in, w_in, y.cuda())
+        out.backward(g.cuda())
+        tol = 1e-3 if dtype == torch.float32 else 5e-2  # TF32 may be on for fp32 matmuls
+        torch.testing.assert_close(out.cpu().double(), ref_out, atol=tol, rtol=0)
+        if needs[0]:
+            torch.testing.assert_close(h_in.grad.cpu().double(), ref_dh, atol=tol, rtol=tol)
+        if needs[1]:
+            torch.testing.assert_close(w_in.grad.cpu().double(), ref_dw, atol=tol, rtol=tol)
