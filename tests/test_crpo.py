@@ -1,0 +1,482 @@
+"""crpo.py against independent references: float64 math written here, hand cases, transformers as the oracle
+for the saved checkpoint, and single-process runs as the reference for resume and torchrun (DDP / FSDP2)."""
+import io
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, pre_tokenizers
+from tokenizers import models as tok_models
+
+import crpo
+import model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIMS = ("novelty", "diversity", "surprise", "quality")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: a second thread only fights the other processes on a shared machine (10-100x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------------------------------
+# float64 references, written from the equations (SPEC section 5), one pair at a time
+
+
+def ref_weight(s_w, s_l, lambdas, strategy, weight_on):
+    active = [k for k in DIMS if lambdas.get(k, 0) > 0]
+    if not active:
+        return 1.0
+    terms = [lambdas[k] * (s_w[k] if weight_on == "chosen" else max(0.0, s_w[k] - s_l[k])) for k in active]
+    return sum(terms) if strategy == "add" else math.prod(terms)
+
+
+def log_sigmoid(x):  # stable in float64
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def ref_loss_and_grads(pw, pl, rw, rl, beta, eps, c):
+    """L = mean c_i [-(1-eps) log s(h_i) - eps log s(-h_i)], h_i = beta((pw-rw) - (pl-rl));
+    dL/dpw_i = c_i/B * beta * (-(1-eps) (1 - s(h_i)) + eps s(h_i)) = -dL/dpl_i."""
+    B = len(pw)
+    loss, g_w = 0.0, []
+    for i in range(B):
+        h = beta * ((pw[i] - rw[i]) - (pl[i] - rl[i]))
+        s = math.exp(log_sigmoid(h))
+        loss += c[i] * (-(1 - eps) * log_sigmoid(h) - eps * log_sigmoid(-h)) / B
+        g_w.append(c[i] / B * beta * (-(1 - eps) * (1 - s) + eps * s))
+    return loss, g_w, [-g for g in g_w]
+
+
+# ----------------------------------------------------------------------------------------------------
+# creativity_weights and crpo_loss
+
+
+def random_scores(B, seed):
+    g = torch.Generator().manual_seed(seed)
+    return ({k: torch.rand(B, generator=g, dtype=torch.float64) for k in DIMS},
+            {k: torch.rand(B, generator=g, dtype=torch.float64) for k in DIMS})
+
+
+@pytest.mark.parametrize("strategy", ["add", "mult"])
+@pytest.mark.parametrize("weight_on", ["chosen", "margin"])
+@pytest.mark.parametrize("lambdas", [{"novelty": 1.0, "diversity": 1.0, "surprise": 1.0, "quality": 0.0},
+                                     {"novelty": 0.5, "diversity": 0.0, "surprise": 2.0, "quality": 1.5},
+                                     {"novelty": 0.0, "diversity": 3.0, "surprise": 0.0, "quality": 0.0}])
+def test_creativity_weights_match_float64_reference(strategy, weight_on, lambdas):
+    sw, sl = random_scores(7, seed=1)
+    got = crpo.creativity_weights(sw, sl, lambdas, strategy=strategy, weight_on=weight_on)
+    want = [ref_weight({k: sw[k][i].item() for k in DIMS}, {k: sl[k][i].item() for k in DIMS}, lambdas, strategy,
+                       weight_on) for i in range(7)]
+    assert got.shape == (7,)
+    assert torch.allclose(got.double(), torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_creativity_weights_hand_cases():
+    sw = {"novelty": torch.tensor([0.2, 0.9]), "diversity": torch.tensor([0.5, 0.1])}
+    sl = {"novelty": torch.tensor([0.6, 0.3]), "diversity": torch.tensor([0.1, 0.4])}
+    lam = {"novelty": 2.0, "diversity": 1.0}
+    # add, chosen: 2*0.2 + 0.5 = 0.9; 2*0.9 + 0.1 = 1.9
+    assert torch.allclose(crpo.creativity_weights(sw, sl, lam), torch.tensor([0.9, 1.9]))
+    # mult, chosen: (2*0.2)(0.5) = 0.2; (2*0.9)(0.1) = 0.18
+    assert torch.allclose(crpo.creativity_weights(sw, sl, lam, strategy="mult"), torch.tensor([0.2, 0.18]))
+    # add, margin: 2*max(0,-0.4) + 0.4 = 0.4; 2*0.6 + max(0,-0.3) = 1.2
+    assert torch.allclose(crpo.creativity_weights(sw, sl, lam, weight_on="margin"), torch.tensor([0.4, 1.2]))
+    # no lambda > 0: c = 1 (plain DPO), whatever the scores
+    assert torch.equal(crpo.creativity_weights(sw, sl, {"novelty": 0.0}), torch.ones(2))
+    assert crpo.creativity_weights({}, {}, {}).item() == 1.0
+    with pytest.raises(KeyError, match="surprise"):  # a lambda > 0 without scores is an error, not a silent 0
+        crpo.creativity_weights(sw, sl, {"surprise": 1.0})
+    with pytest.raises(ValueError):
+        crpo.creativity_weights(sw, sl, lam, strategy="max")
+
+
+@pytest.mark.parametrize("beta,eps,weighted", [(0.1, 0.0, False), (0.5, 0.0, True), (0.1, 0.2, True),
+                                               (2.0, 0.1, False)])
+def test_crpo_loss_and_gradients_match_float64_reference(beta, eps, weighted):
+    g = torch.Generator().manual_seed(0)
+    B = 9
+    pw, pl, rw, rl = (torch.randn(B, generator=g, dtype=torch.float64) * 30 - 40 for _ in range(4))
+    pw[0], pl[0] = rw[0] + 400.0, rl[0] - 400.0  # |h| up to 160: must stay finite (stable log-sigmoid)
+    pw[1], pl[1] = rw[1] - 400.0, rl[1] + 400.0
+    c = torch.rand(B, generator=g, dtype=torch.float64) * 2 if weighted else None
+    pw.requires_grad_(True)
+    pl.requires_grad_(True)
+    loss, stats = crpo.crpo_loss(pw, pl, rw, rl, beta=beta, weights=c, label_smoothing=eps)
+    loss.backward()
+    cl = c.tolist() if weighted else [1.0] * B
+    want, gw, gl = ref_loss_and_grads(pw.tolist(), pl.tolist(), rw.tolist(), rl.tolist(), beta, eps, cl)
+    assert math.isfinite(loss.item())
+    assert loss.item() == pytest.approx(want, rel=1e-12, abs=1e-12)
+    assert torch.allclose(pw.grad, torch.tensor(gw, dtype=torch.float64), rtol=1e-10, atol=1e-14)
+    assert torch.allclose(pl.grad, torch.tensor(gl, dtype=torch.float64), rtol=1e-10, atol=1e-14)
+    r_w = [beta * (a - b) for a, b in zip(pw.tolist(), rw.tolist())]
+    r_l = [beta * (a - b) for a, b in zip(pl.tolist(), rl.tolist())]
+    assert stats["rewards_chosen"].item() == pytest.approx(sum(r_w) / B, rel=1e-12)
+    assert stats["rewards_rejected"].item() == pytest.approx(sum(r_l) / B, rel=1e-12)
+    assert stats["reward_margin"].item() == pytest.approx(sum(a - b for a, b in zip(r_w, r_l)) / B, rel=1e-12)
+    assert stats["reward_accuracy"].item() == pytest.approx(sum(a > b for a, b in zip(r_w, r_l)) / B)
+    assert stats["mean_c"].item() == pytest.approx(sum(cl) / B, rel=1e-12)
+    for v in stats.values():
+        assert not v.requires_grad
+
+
+def test_crpo_loss_hand_case_and_reference_gets_no_gradient():
+    # policy == reference: h = 0, l_DPO = log 2 for any eps; accuracy 0 (ties are not wins)
+    p = torch.tensor([-5.0, -7.0], requires_grad=True)
+    r = torch.tensor([-5.0, -7.0], requires_grad=True)
+    loss, stats = crpo.crpo_loss(p, p.flip(0), r, r.flip(0), beta=0.1, label_smoothing=0.1)
+    assert loss.item() == pytest.approx(math.log(2), rel=1e-6)
+    assert stats["reward_accuracy"].item() == 0.0
+    loss.backward()
+    assert r.grad is None
+
+
+def test_learning_rate_schedule_hand_values():
+    lr = [crpo.learning_rate(t, lr=1.0, warmup_steps=2, total_steps=6) for t in range(6)]
+    assert lr == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
+
+
+def test_rank_part_covers_the_global_batch_once():
+    idx = list(range(10, 15))
+    parts = [crpo.rank_part(idx, r, 2) for r in range(2)]
+    assert [list(p) for p, _ in parts] == [[10, 11, 12], [13, 14]] and all(live == 1.0 for _, live in parts)
+    part, live = crpo.rank_part([7], 1, 2)  # an empty slice runs a stand-in pair with weight 0
+    assert list(part) == [7] and live == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# a tiny model with a byte-level tokenizer and ChatML turns, saved in HF layout
+
+
+TEMPLATE = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+
+
+def tiny_tokenizer():
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = HFTokenizer(tok_models.BPE({ch: i for i, ch in enumerate(alphabet)}, []))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>", "<|endoftext|>"])
+    return model.Tokenizer(tok, chat_format="chatml", eos="<|im_end|>", pad="<|endoftext|>", eot="<|im_end|>",
+                           chat_template=TEMPLATE, name="tiny")
+
+
+def tiny_transformer(vocab_size, seed=0):
+    torch.manual_seed(seed)
+    cfg = model.Config(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+                       hidden_dim=64, max_seq_len=512, tie_embeddings=True)
+    return model.Transformer(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_model")
+    tok = tiny_tokenizer()
+    net = tiny_transformer(tok.tok.get_vocab_size())
+    model.save(net, tok, str(folder))
+    return str(folder)
+
+
+WORDS = ("brick wall door stone paint fish boat moon glass river song cloud tree lamp rope wheel honey "
+         "paper mirror tower").split()
+
+
+def write_ratings(path, n_prompts=4, n_responses=4, seed=0, creativity=True):
+    rnd = random.Random(seed)
+    with open(path, "w") as f:
+        for p in range(n_prompts):
+            prompt = f"Name an unusual use for a {WORDS[p]}."
+            for r in range(n_responses):
+                row = {"prompt": prompt, "response": " ".join(rnd.sample(WORDS, 3)), "score": 1.0 + r + 0.1 * p}
+                if creativity:
+                    row.update({k: round(rnd.random(), 3) for k in ("novelty", "diversity", "surprise")})
+                f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ratings(tmp_path_factory):
+    return write_ratings(tmp_path_factory.mktemp("data") / "ratings.jsonl")
+
+
+def argv(data_path, model_path, out, *extra):
+    return ["--data", data_path, "--model", model_path, "--out", str(out), "--batch-size", "4", "--grad-accum", "2",
+            "--val-frac", "0.25", "--max-len", "96", "--lr", "1e-2", "--warmup-steps", "1", "--eval-every", "2",
+            "--save-every", "2", "--seed", "3", *extra]
+
+
+def read_metrics(out, split="train"):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["split"] == split]
+
+
+# ----------------------------------------------------------------------------------------------------
+# sequence_logps
+
+
+def test_sequence_logps_counts_only_response_tokens_and_batches_like_single_calls(tiny):
+    net, tok = model.load(tiny)
+    texts = [("Name a use for a brick.", "a doorstop"), ("Hi", "hello there, friend"), ("Why is the sky blue?", "air")]
+    items = []
+    for prompt, response in texts:
+        ids, start = tok.chat(prompt, response)
+        items.append({"chosen_ids": ids, "chosen_start": start, "rejected_ids": ids, "rejected_start": start})
+
+    def by_hand(ids, start):  # float64: sum_{t >= start} log softmax(logits[t-1])[ids[t]]
+        with torch.no_grad():
+            logp = torch.log_softmax(net(torch.tensor([ids]))[0].double(), -1)
+        return sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids)))
+
+    want = torch.tensor([by_hand(it["chosen_ids"], it["chosen_start"]) for it in items], dtype=torch.float64)
+    batch = crpo.data.collate(items, tok.pad_id)
+    got, n = crpo.sequence_logps(net, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double()[:3], want, rtol=0, atol=2e-4)
+    assert n[:3].tolist() == [len(it["chosen_ids"]) - it["chosen_start"] for it in items]
+    # padding content does not matter
+    ids2 = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 5)
+    got2, _ = crpo.sequence_logps(net, ids2, batch["attention_mask"], batch["response_mask"])
+    assert torch.allclose(got2, got, rtol=0, atol=1e-5)
+    # batched == one call per example
+    for i, it in enumerate(items):
+        one = crpo.data.collate([it], tok.pad_id)
+        single, _ = crpo.sequence_logps(net, one["input_ids"], one["attention_mask"], one["response_mask"])
+        assert single[0].item() == pytest.approx(got[i].item(), abs=1e-5)
+    # the prompt's tokens only condition: a response mask over the prompt would change the sum
+    wide = batch["response_mask"].clone()
+    wide[0, 1:items[0]["chosen_start"]] = 1
+    assert abs(crpo.sequence_logps(net, batch["input_ids"], batch["attention_mask"], wide)[0][0] - got[0]) > 1e-2
+
+
+# ----------------------------------------------------------------------------------------------------
+# training runs (in-process via main(argv), or torchrun in a subprocess)
+
+
+@pytest.fixture(scope="module")
+def straight_runs(tiny, ratings, tmp_path_factory):
+    """4 steps without interruption, full fine-tuning and LoRA (the references of several tests)."""
+    outs = {}
+    for kind, extra in (("full", []), ("lora", ["--lora-rank", "4"])):
+        out = tmp_path_factory.mktemp(f"straight_{kind}")
+        assert crpo.main(argv(ratings, tiny, out, "--max-steps", "4", *extra)) == 0
+        outs[kind] = str(out)
+    return outs
+
+
+class Preempted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_resume_equals_uninterrupted_run(kind, tiny, ratings, straight_runs, tmp_path, monkeypatch):
+    extra = ["--lora-rank", "4"] if kind == "lora" else []
+    save = crpo.save_atomic
+
+    def save_then_die(obj, path):  # the job is killed right after the checkpoint of step 2
+        save(obj, path)
+        raise Preempted
+
+    monkeypatch.setattr(crpo, "save_atomic", save_then_die)
+    with pytest.raises(Preempted):
+        crpo.main(argv(ratings, tiny, tmp_path, "--max-steps", "4", *extra))
+    monkeypatch.setattr(crpo, "save_atomic", save)
+    assert torch.load(tmp_path / crpo.STATE_FILE, weights_only=True)["step"] == 2
+    assert crpo.main(argv(ratings, tiny, tmp_path, "--max-steps", "4", "--resume", *extra)) == 0
+
+    a = torch.load(os.path.join(straight_runs[kind], crpo.STATE_FILE), weights_only=True)
+    b = torch.load(tmp_path / crpo.STATE_FILE, weights_only=True)
+    assert a["step"] == b["step"] == 4 and a["weights"].keys() == b["weights"].keys()
+    if kind == "lora":
+        assert a["weights"] and all("lora_" in k for k in a["weights"])
+    moved = 0.0
+    for k in a["weights"]:
+        assert torch.allclose(a["weights"][k], b["weights"][k], rtol=0, atol=1e-6), k
+    wa, wb = load_file(os.path.join(straight_runs[kind], "model.safetensors")), load_file(tmp_path / "model.safetensors")
+    w0 = load_file(os.path.join(tiny, "model.safetensors"))
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6), k
+        moved = max(moved, (wa[k] - w0[k]).abs().max().item())
+    assert moved > 1e-3  # training did change the weights
+    la, lb = read_metrics(straight_runs[kind]), read_metrics(str(tmp_path))
+    assert [r["step"] for r in lb] == [1, 2, 3, 4]
+    assert [r["loss"] for r in lb] == pytest.approx([r["loss"] for r in la], abs=1e-6)
+
+
+def test_crash_during_save_leaves_previous_checkpoint(tiny, ratings, straight_runs, tmp_path, monkeypatch):
+    real_save = torch.save
+    calls = []
+
+    def half_written_then_crash(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) < 2:
+            return real_save(obj, f, *a, **k)
+        buf = io.BytesIO()
+        real_save(obj, buf)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        raise OSError("simulated crash in the middle of a save")
+
+    monkeypatch.setattr(torch, "save", half_written_then_crash)
+    with pytest.raises(OSError, match="simulated"):
+        crpo.main(argv(ratings, tiny, tmp_path, "--max-steps", "4"))
+    monkeypatch.setattr(torch, "save", real_save)
+    state = torch.load(tmp_path / crpo.STATE_FILE, weights_only=True)  # the step-2 checkpoint, whole
+    assert state["step"] == 2
+    # and it still resumes to the same result as the uninterrupted run
+    assert crpo.main(argv(ratings, tiny, tmp_path, "--max-steps", "4", "--resume")) == 0
+    a = load_file(os.path.join(straight_runs["full"], "model.safetensors"))
+    b = load_file(tmp_path / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+
+
+def test_metrics_rows(straight_runs):
+    rows = read_metrics(straight_runs["full"])
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        for key in ("loss", "mean_c", "rewards_chosen", "rewards_rejected", "reward_accuracy", "reward_margin", "lr",
+                    "tokens_per_s"):
+            assert math.isfinite(r[key]), key
+        assert r["mean_c"] > 0 and 0 <= r["reward_accuracy"] <= 1
+        assert r["reward_margin"] == pytest.approx(r["rewards_chosen"] - r["rewards_rejected"], abs=1e-5)
+    # step 1: policy == reference, so h = 0 and loss = mean(c) * log 2
+    assert rows[0]["loss"] == pytest.approx(rows[0]["mean_c"] * math.log(2), rel=1e-5)
+    assert [r["lr"] for r in rows] == pytest.approx([1e-2 * (4 - t) / 3 if t else 1e-2 for t in range(4)])
+    val = read_metrics(straight_runs["full"], "val")
+    assert [r["step"] for r in val] == [2, 4] and all(0 <= r["reward_accuracy"] <= 1 for r in val)
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_final_checkpoint_loads_in_transformers(kind, straight_runs):
+    transformers = pytest.importorskip("transformers", reason="transformers is the oracle")
+    out = straight_runs[kind]
+    ours, tok = model.load(out)
+    if kind == "lora":
+        assert os.path.isfile(os.path.join(out, "adapter", "adapter_model.safetensors"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = torch.tensor([tok.chat("Name an unusual use for a moon.", "tree song lamp")[0]])
+    with torch.no_grad():
+        want = hf(input_ids=ids).logits.float()
+        got = ours(ids)
+    assert torch.allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_lora_export_is_base_plus_trained_adapter(tiny, straight_runs):
+    out = straight_runs["lora"]
+    net, tok = model.load(tiny)
+    model.add_lora(net, rank=4, alpha=8.0)
+    state = torch.load(os.path.join(out, crpo.STATE_FILE), weights_only=True)
+    missing, unexpected = net.load_state_dict(state["weights"], strict=False)
+    assert not unexpected and all("lora_" not in k for k in missing)
+    merged, _ = model.load(out)
+    ids = torch.tensor([tok.chat("Name an unusual use for a moon.", "tree song lamp")[0]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids), net(ids), rtol=0, atol=1e-4)
+        with model.lora_disabled(net):
+            assert not torch.allclose(merged(ids), net(ids), rtol=0, atol=1e-4)  # the adapter was trained
+
+
+# ----------------------------------------------------------------------------------------------------
+# user errors: message, exit code, no traceback
+
+
+def test_bad_row_via_cli_names_file_and_line(tiny, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "response": "r", "score": 1}\n{"prompt": "p", "response": "s"}\n')
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "crpo.py"), "--data", str(bad), "--model", tiny, "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode != 0
+    assert f"{bad}:2" in r.stderr and "score" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_file_bad_model_and_missing_scores_are_clear_errors(tiny, ratings, tmp_path, capsys, monkeypatch):
+    assert crpo.main(["--data", str(tmp_path / "nope.jsonl"), "--model", tiny, "--out", str(tmp_path)]) == 1
+    assert "nope.jsonl: no such file" in capsys.readouterr().err
+    assert crpo.main(["--data", ratings, "--model", str(tmp_path / "no_model"), "--out", str(tmp_path)]) == 1
+    assert "no_model" in capsys.readouterr().err
+    plain = write_ratings(tmp_path / "plain.jsonl", creativity=False)
+    monkeypatch.setattr(crpo, "load_scorer", lambda: None)  # as if score.py were absent
+    assert crpo.main(["--data", plain, "--model", tiny, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "novelty" in err and "score.py" in err and "--lambda-novelty 0" in err
+
+
+def test_scores_missing_from_the_data_come_from_score_py(tiny, tmp_path, monkeypatch):
+    plain = write_ratings(tmp_path / "plain.jsonl", creativity=False)
+    seen = {}
+
+    class FakeScorer:
+        @staticmethod
+        def score_pairs(pairs, dims, *, model, tokenizer, encoder=None, cache_dir=None, **options):
+            seen.update(dims=list(dims), n=len(pairs), options=options)
+            for p in pairs:
+                for k in dims:
+                    p[f"{k}_chosen"], p[f"{k}_rejected"] = 0.25, 0.75
+
+    monkeypatch.setattr(crpo, "load_scorer", lambda: FakeScorer)
+    out = tmp_path / "out"
+    assert crpo.main(argv(plain, tiny, out, "--max-steps", "1", "--lambda-diversity", "0", "--lambda-quality", "2",
+                          "--score-option", "novelty=centroid")) == 0
+    assert seen["dims"] == ["novelty", "surprise", "quality"] and seen["n"] == 24
+    assert seen["options"] == {"novelty": "centroid"}
+    assert read_metrics(str(out))[0]["mean_c"] == pytest.approx(0.25 + 0.25 + 2 * 0.25)
+
+
+def test_nonfinite_loss_stops_and_writes_the_batch(tiny, ratings, tmp_path, capsys, monkeypatch):
+    real = crpo.creativity_weights
+    calls = []
+
+    def nan_on_step_2(*a, **k):  # two micro-batches per step: calls 3 and 4 are step 2
+        calls.append(1)
+        c = real(*a, **k)
+        return c * float("nan") if len(calls) == 3 else c
+
+    monkeypatch.setattr(crpo, "creativity_weights", nan_on_step_2)
+    assert crpo.main(argv(ratings, tiny, tmp_path, "--max-steps", "4", "--eval-every", "0")) == 1
+    err = capsys.readouterr().err
+    assert "step 2" in err and "non-finite" in err and "nonfinite_step2.jsonl" in err
+    with open(tmp_path / "nonfinite_step2.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 8 and all(r["prompt"].startswith("Name an unusual use") and "chosen" in r for r in rows)
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# torchrun: DDP (LoRA) and FSDP2 (full) with gloo on CPU equal one process on the same global batch
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("lora", ["--lora-rank", "4", "--batch-size", "3"]),  # micro-batches of 3: rank slices of 2 and 1
+    ("full", ["--batch-size", "17", "--grad-accum", "1"]),  # 18 pairs: step 2 has 1 pair, rank 1 a stand-in
+])
+def test_two_processes_equal_one(kind, extra, tiny, ratings, tmp_path):
+    extra = ["--max-steps", "3", "--eval-every", "1", "--save-every", "0", *extra]
+    one = tmp_path / "one"
+    assert crpo.main(argv(ratings, tiny, one, *extra)) == 0
+    two = tmp_path / "two"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        os.path.join(ROOT, "crpo.py"), *argv(ratings, tiny, two, *extra)],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for split in ("train", "val"):
+        a, b = read_metrics(str(one), split), read_metrics(str(two), split)
+        assert [x["step"] for x in a] == [x["step"] for x in b] and len(a) == 3
+        for x, y in zip(a, b):
+            for key in ("loss", "reward_accuracy", "reward_margin", "mean_c"):
+                assert y[key] == pytest.approx(x[key], abs=1e-5), (split, x["step"], key)
+    wa, wb = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
