@@ -54,7 +54,11 @@ def sequence_logps(model, input_ids, attention_mask, response_mask):
     hidden = model.hidden(input_ids, attention_mask)[:, :-1]  # position t predicts token t+1
     targets = response_mask[:, 1:].bool()
     rows = targets.nonzero(as_tuple=True)
-    token_logps = kernels.linear_logprobs(hidden[rows], model.lm_head.weight, input_ids[:, 1:][rows])
+    h, weight = hidden[rows], model.lm_head.weight
+    if torch.is_autocast_enabled(h.device.type):  # the output layer in the autocast dtype, as nn.Linear would be
+        dtype = torch.get_autocast_dtype(h.device.type)
+        h, weight = h.to(dtype), weight.to(dtype)
+    token_logps = kernels.linear_logprobs(h, weight, input_ids[:, 1:][rows])
     logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
     logps = logps.index_add(0, rows[0], token_logps.float())
     return logps, targets.sum(-1)
@@ -547,7 +551,8 @@ def train(args):
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     log(f"model: {sum(p.numel() for p in policy.parameters()):,} parameters, "
         f"{sum(p.numel() for p in params):,} trainable ({'LoRA rank %d' % args.lora_rank if lora else 'full'})"
-        f"; {world} process(es) on {device}; {total_steps} steps of {step_pairs} pairs")
+        f"; {world} process(es) on {device}{' (DDP)' if ddp else ' (FSDP2)' if fsdp else ''}; "
+        f"{total_steps} steps of {step_pairs} pairs, peak lr {args.lr:g}")
 
     # 7. resume
     if main_proc:
@@ -555,6 +560,8 @@ def train(args):
     state_path = os.path.join(args.out, STATE_FILE)
     metrics_path = os.path.join(args.out, METRICS_FILE)
     step = epoch = pos = 0
+    if not args.resume and os.path.isfile(state_path):
+        log(f"note: {state_path} exists; starting over (pass --resume to continue from it)")
     if args.resume:
         if not os.path.isfile(state_path):
             raise CrpoError(f"--resume: {state_path} not found (no saved training state; run without --resume)")
@@ -695,8 +702,11 @@ def train(args):
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
         full = get_model_state_dict(seq, options=state_dict_options(full_state_dict=True, cpu_offload=True))
         if main_proc:
-            final = modeling.Transformer(policy.config)
-            final.load_state_dict({k.removeprefix("model."): v for k, v in full.items()}, strict=False)
+            with torch.device("meta"):
+                final = modeling.Transformer(policy.config)
+            final.load_state_dict({k.removeprefix("model."): v for k, v in full.items()}, strict=False, assign=True)
+            if policy.config.tie_embeddings:
+                final.lm_head.weight = final.embed.weight
             export_final(final, tokenizer, args.out, lora=False)
     elif main_proc:
         export_final(policy, tokenizer, args.out, lora)

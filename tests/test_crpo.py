@@ -341,6 +341,21 @@ def test_crash_during_save_leaves_previous_checkpoint(tiny, ratings, straight_ru
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
 
 
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_precomputed_reference_and_checkpointing_change_nothing(kind, tiny, ratings, straight_runs, tmp_path):
+    extra = ["--lora-rank", "4"] if kind == "lora" else []
+    assert crpo.main(argv(ratings, tiny, tmp_path, "--max-steps", "4", "--precompute-ref", "--grad-checkpointing",
+                          *extra)) == 0
+    for split in ("train", "val"):
+        a, b = read_metrics(straight_runs[kind], split), read_metrics(str(tmp_path), split)
+        assert [r["step"] for r in a] == [r["step"] for r in b]
+        for x, y in zip(a, b):
+            for key in ("loss", "rewards_chosen", "rewards_rejected"):
+                assert y[key] == pytest.approx(x[key], abs=1e-6), (split, key)
+    wa, wb = load_file(os.path.join(straight_runs[kind], "model.safetensors")), load_file(tmp_path / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6) for k in wa)
+
+
 def test_metrics_rows(straight_runs):
     rows = read_metrics(straight_runs["full"])
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -460,7 +475,7 @@ def test_nonfinite_loss_stops_and_writes_the_batch(tiny, ratings, tmp_path, caps
 
 @pytest.mark.parametrize("kind,extra", [
     ("lora", ["--lora-rank", "4", "--batch-size", "3"]),  # micro-batches of 3: rank slices of 2 and 1
-    ("full", ["--batch-size", "17", "--grad-accum", "1"]),  # 18 pairs: step 2 has 1 pair, rank 1 a stand-in
+    ("full", ["--batch-size", "17"]),  # steps of 18 pairs = micro-batches of 17 and 1: rank 1 runs a stand-in
 ])
 def test_two_processes_equal_one(kind, extra, tiny, ratings, tmp_path):
     extra = ["--max-steps", "3", "--eval-every", "1", "--save-every", "0", *extra]
