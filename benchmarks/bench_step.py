@@ -1,0 +1,211 @@
+"""Benchmark one CrPO training step at Llama-3.1-8B shape, from random weights.
+
+    python benchmarks/bench_step.py            # CUDA: Llama-3.1-8B shape, bf16, LoRA r=128 on all linear layers,
+                                               # gradient checkpointing, 8 pairs x 512 tokens a side
+    python benchmarks/bench_step.py --small    # tiny config on CPU (smoke test)
+
+One step = reference forward (the base model with LoRA switched off, no grad) + policy forward and
+backward over chosen and rejected (one batch of 2 x pairs sequences) + the CrPO loss + AdamW step on the
+LoRA parameters. Each sequence is a prompt of --prompt-len tokens and a response filling the rest;
+only response tokens count in the log-probabilities.
+
+Rows: ours (model.py's Transformer + model.add_lora + crpo.sequence_logps, i.e. kernels.linear_logprobs on
+the response positions only) and transformers + peft when importable (full logits, log_softmax in
+float32, gather: what DPO trainers do). Columns: median ms per step, peak GiB allocated (weights
+included), tokens/s (all tokens of the step's sequences), and the loss (finite: the step really ran).
+"""
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import time
+import warnings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+import crpo  # noqa: E402
+import model as modeling  # noqa: E402
+
+GIB = 2**30
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LLAMA_31_8B = dict(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
+                   hidden_dim=14336, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=131072, tie_embeddings=False,
+                   rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+TINY = dict(vocab_size=1000, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, hidden_dim=128,
+            norm_eps=1e-5, rope_theta=10000.0, max_seq_len=512, tie_embeddings=False)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def init_random_(module, seed):
+    """Weights ~ N(0, 0.02), norm scales 1 (what HF's _init_weights does), the same for both models."""
+    gen = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
+    for name, p in module.named_parameters():
+        if p.ndim >= 2 and "lora_B" not in name:
+            p.normal_(0.0, 0.02, generator=gen)
+        elif "norm" in name:
+            p.fill_(1.0)
+
+
+def build_ours(cfg, args, device, dtype):
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            m = modeling.Transformer(modeling.Config(**cfg))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    init_random_(m, 0)
+    trainable = modeling.add_lora(m, rank=args.rank, alpha=args.alpha, targets=LORA_TARGETS)
+    m.gradient_checkpointing = args.checkpointing
+    m.train()
+
+    def policy_and_reference(batch):
+        ids, mask, resp = batch
+        with torch.no_grad(), modeling.lora_disabled(m):
+            ref = crpo.sequence_logps(m, ids, mask, resp)[0]
+        pol = crpo.sequence_logps(m, ids, mask, resp)[0]
+        return pol, ref
+    return m, trainable, policy_and_reference
+
+
+def build_hf(cfg, args, device, dtype):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hc = LlamaConfig(vocab_size=cfg["vocab_size"], hidden_size=cfg["dim"], intermediate_size=cfg["hidden_dim"],
+                     num_hidden_layers=cfg["n_layers"], num_attention_heads=cfg["n_heads"],
+                     num_key_value_heads=cfg["n_kv_heads"], head_dim=cfg["head_dim"], rms_norm_eps=cfg["norm_eps"],
+                     max_position_embeddings=cfg["max_seq_len"], tie_word_embeddings=False, use_cache=False,
+                     rope_theta=cfg["rope_theta"])
+    hc._attn_implementation = "sdpa"
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            m = LlamaForCausalLM(hc)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    init_random_(m, 0)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 renames checkpointing calls
+    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    m = get_peft_model(m, LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0,
+                                     target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"))
+    m.train()
+    trainable = [p for p in m.parameters() if p.requires_grad]
+
+    def seq_logps(ids, mask, resp):
+        logits = m(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+        token = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return (token * resp[:, 1:]).sum(-1)
+
+    def policy_and_reference(batch):
+        ids, mask, resp = batch
+        with torch.no_grad(), m.disable_adapter():
+            ref = seq_logps(ids, mask, resp)
+        return seq_logps(ids, mask, resp), ref
+    return m, trainable, policy_and_reference
+
+
+def make_batch(cfg, args, device):
+    gen = torch.Generator().manual_seed(1)
+    rows = 2 * args.pairs  # chosen rows 0..pairs-1, rejected rows pairs..2*pairs-1
+    ids = torch.randint(0, cfg["vocab_size"], (rows, args.seq_len), generator=gen)
+    mask = torch.ones_like(ids)
+    resp = torch.zeros_like(ids)
+    resp[:, args.prompt_len:] = 1
+    return ids.to(device), mask.to(device), resp.to(device)
+
+
+def bench(name, build, cfg, args, device, dtype):
+    try:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        m, trainable, policy_and_reference = build(cfg, args, device, dtype)
+        opt = torch.optim.AdamW(trainable, lr=1e-5)
+        batch = make_batch(cfg, args, device)
+        weights = torch.rand(args.pairs, generator=torch.Generator().manual_seed(2)).to(device)
+
+        def step():
+            pol, ref = policy_and_reference(batch)
+            loss, _ = crpo.crpo_loss(pol[:args.pairs], pol[args.pairs:], ref[:args.pairs], ref[args.pairs:],
+                                     beta=0.1, weights=weights)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        for _ in range(args.warmup):
+            step()
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            loss = step()
+            sync(device)
+            times.append((time.perf_counter() - t) * 1e3)
+        ms = statistics.median(times)
+        peak = torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else None
+        tokens = 2 * args.pairs * args.seq_len
+        print(f"| {name} | {ms:.1f} | {'-' if peak is None else f'{peak:.2f}'} | {tokens / ms * 1e3:,.0f} | "
+              f"{loss.item():.4f} |", flush=True)
+        del m, trainable, opt, policy_and_reference
+    except ImportError as e:
+        print(f"| {name} | not importable: {e} | | | |", flush=True)
+    except Exception as e:  # an anchor's failure is a row, not the end of the benchmark
+        msg = f"{type(e).__name__}: {e}".replace("\n", " ").replace("|", "/")[:200]
+        print(f"| {name} | failed: {msg} | | | |", flush=True)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--small", action="store_true", help="tiny config, 2 pairs x 64 tokens, LoRA r=8 (CPU smoke test)")
+    p.add_argument("--pairs", type=int)
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (prompt + response)")
+    p.add_argument("--prompt-len", type=int, help="prompt tokens per sequence (not counted in log-probs)")
+    p.add_argument("--rank", type=int)
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--which", choices=["all", "ours", "hf"], default="all")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    small = (2, 64, 16, 8) if args.small else (8, 512, 128, 128)
+    args.pairs = args.pairs or small[0]
+    args.seq_len = args.seq_len or small[1]
+    args.prompt_len = small[2] if args.prompt_len is None else args.prompt_len
+    args.rank = args.rank or small[3]
+    args.alpha = args.alpha or 2.0 * args.rank
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    cfg = TINY if args.small else LLAMA_31_8B
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"{card}, torch {torch.__version__}, {datetime.date.today()}; "
+          f"{'tiny config' if args.small else 'Llama-3.1-8B shape'} (random weights), {dtype}, "
+          f"LoRA r={args.rank} on {', '.join(LORA_TARGETS)}, gradient checkpointing {'on' if args.checkpointing else 'off'}, "
+          f"{args.pairs} pairs x {args.seq_len} tokens a side ({args.prompt_len} prompt), reference forward included; "
+          f"median of {args.reps} steps after {args.warmup} warm-ups\n")
+    print("| variant | median ms / step | peak GiB | tokens/s | loss |")
+    print("|---|---:|---:|---:|---:|")
+    if args.which in ("all", "ours"):
+        bench("ours (model.py + kernels.linear_logprobs)", build_ours, cfg, args, device, dtype)
+    if args.which in ("all", "hf"):
+        bench("transformers + peft", build_hf, cfg, args, device, dtype)
+
+
+if __name__ == "__main__":
+    main()
