@@ -189,10 +189,13 @@ def parse_args(argv=None):
     a("--log-every", type=int, default=1, help="write a metrics row every N steps")
     a("--skip-bad-rows", action="store_true", help="skip (and count) bad rows instead of stopping")
     a("--resume", action="store_true", help=f"continue from {STATE_FILE} in --out")
-    a("--score-cache", default=".cache/scores", help="score.py cache folder (scores computed on the fly)")
-    a("--score-encoder", default=None, help="sentence encoder for score.py (default: embedded MiniLM)")
-    a("--score-option", action="append", default=[], metavar="KEY=VALUE",
-      help="extra option for score.score_pairs, e.g. novelty=centroid (repeatable)")
+    # scores the data lacks are computed with score.py before training (its CLI's options, prefixed)
+    a("--score-novelty", choices=("dsi", "centroid"), default="dsi")
+    a("--score-surprise", choices=("lm", "embedding"), default="lm")
+    a("--score-quality", nargs="+", default=["judge"], metavar="judge | rm PATH | field NAME")
+    a("--score-reference", default=None, help="reference responses (JSON Lines) for DSI novelty")
+    a("--score-encoder", default=None, help="sentence encoder folder (default: the embedded all-MiniLM-L6-v2)")
+    a("--score-cache", default=None, help="score cache folder (default: score.py's)")
     args = p.parse_args(argv)
     if args.max_steps is None and args.epochs is None:
         args.epochs = 1
@@ -373,26 +376,31 @@ def ensure_scores(pairs, lambdas, args, score_model, tokenizer, rank, world):
         raise CrpoError("score.py has no score_pairs(); update score.py, add precomputed score columns "
                         f"to the data, or pass {' '.join(f'--lambda-{k} 0' for k in missing)}")
     keys = [f"{k}_{side}" for k in missing for side in ("chosen", "rejected")]
+    error = None
     if rank == 0:
-        options = {}
-        for item in args.score_option:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise CrpoError(f"--score-option {item!r}: expected KEY=VALUE")
-            for cast in (int, float):
-                with contextlib.suppress(ValueError):
-                    value = cast(value)
-                    break
-            options[key.replace("-", "_")] = value
-        encoder = modeling.load_encoder(args.score_encoder) if args.score_encoder else None
-        print(f"scoring {len(pairs)} pairs for {', '.join(missing)} with score.py ...")
-        score.score_pairs(pairs, missing, model=score_model, tokenizer=tokenizer, encoder=encoder,
-                          cache_dir=args.score_cache, **options)
-    if world > 1:  # rank 0 scored; the others take its numbers
-        box = [[{k: p[k] for k in keys} for p in pairs] if rank == 0 else None]
+        try:
+            reference = score.read_reference(args.score_reference) if args.score_reference else None
+            needs_encoder = ({"novelty", "diversity"} & set(missing)
+                             or ("surprise" in missing and args.score_surprise == "embedding"))
+            encoder = (load_model(args.score_encoder, score_model.embed.weight.device, loader=modeling.load_encoder)
+                       if needs_encoder else None)
+            print(f"scoring {len(pairs):,} pairs for {', '.join(missing)} with score.py ...")
+            score.score_pairs(pairs, missing, model=score_model, tokenizer=tokenizer, encoder=encoder,
+                              cache_dir=args.score_cache, novelty=args.score_novelty, surprise=args.score_surprise,
+                              quality=" ".join(args.score_quality), reference=reference, source=args.data)
+        except (data.DataError, CrpoError, ValueError) as e:  # ValueError: a bad option, e.g. --score-quality
+            error = CrpoError(f"score.py: {e}")
+    if world > 1:  # rank 0 scored; the others take its numbers (or its error)
+        box = [(str(error) if error else None, [{k: p[k] for k in keys} for p in pairs] if rank == 0 and not error
+                else None)]
         dist.broadcast_object_list(box, src=0)
-        for p, s in zip(pairs, box[0]):
+        message, scores = box[0]
+        if message:
+            raise CrpoError(message)
+        for p, s in zip(pairs, scores):
             p.update(s)
+    elif error:
+        raise error
 
 
 def score_tensors(pairs, lambdas, path):
@@ -716,8 +724,10 @@ def train(args):
     return 0
 
 
-def load_model(path, device, dtype):
+def load_model(path, device, dtype=None, loader=None):
     try:
+        if loader is not None:
+            return loader(path, device=device)
         return modeling.load(path, device=device, dtype=dtype)
     except (ValueError, FileNotFoundError, OSError, KeyError) as e:
         raise CrpoError(f"cannot load model {path or '(embedded default)'}: {e}") from None
@@ -727,7 +737,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         return train(args)
-    except (data.DataError, CrpoError) as e:
+    except (data.DataError, modeling.ModelError, CrpoError) as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
         return 1

