@@ -496,19 +496,18 @@ def load(path=None, *, device="cpu", dtype=None):
         raise ModelError(f"{path}: no such file or folder (give an HF folder or a .gguf file)")
     config, state, tokenizer = load_gguf(path) if os.path.isfile(path) else load_hf(path)
     rope_freqs = state.pop("rope_freqs", None)
-    with torch.device("meta"):
+    with torch.device("meta"):  # no random init: the weights are assigned straight from the file's tensors
         model = Transformer(config)
-    model.to_empty(device=device)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if k != "lm_head.weight" or not config.tie_embeddings]
     if missing or unexpected:
         raise ModelError(f"{path}: weights do not match the architecture (missing {missing[:4]}, unexpected {unexpected[:4]})")
     if config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
-    model.inv_freq = rope_frequencies(config).to(device)
-    if rope_freqs is not None:
-        model.inv_freq = model.inv_freq / rope_freqs.to(device)
-    return model.to(dtype or torch.float32).eval(), tokenizer
+    model.inv_freq = rope_frequencies(config) / (1 if rope_freqs is None else rope_freqs)
+    model.to(device=device, dtype=dtype or torch.float32)
+    model.inv_freq = model.inv_freq.float()  # rotary angles stay in float32 whatever the weights' dtype
+    return model.eval(), tokenizer
 
 
 # ----------------------------------------------------------------------------- generation
