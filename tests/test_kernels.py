@@ -351,3 +351,54 @@ def test_cuda_kernels_against_float64(dtype):
             torch.testing.assert_close(h_in.grad.cpu().double(), ref_dh, atol=tol, rtol=tol)
         if needs[1]:
             torch.testing.assert_close(w_in.grad.cpu().double(), ref_dw, atol=tol, rtol=tol)
+
+
+# ---------------------------------------------------------------- training numbers with and without the kernels
+
+def sequence_logps_plain(m, ids, mask, resp):
+    """sum over response tokens of log_softmax(full logits) in float64: no kernels involved."""
+    logits = m(ids, mask)[:, :-1].double()
+    token = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return (token * resp[:, 1:]).sum(-1)
+
+
+def check_sequence_logps_with_and_without_kernels(lora):
+    model = pytest.importorskip("model")
+    crpo = pytest.importorskip("crpo")
+    torch.manual_seed(0)
+    cfg = model.Config(vocab_size=301, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, hidden_dim=64,
+                       max_seq_len=64, tie_embeddings=True)
+    m = model.Transformer(cfg)
+    if lora:  # frozen output layer: the kernels' dh-in-the-forward path
+        params = model.add_lora(m, rank=4, alpha=8)
+        for p in params:
+            torch.nn.init.normal_(p, std=0.2)
+    else:  # tied embeddings, everything trained: dh and dW (dW reaches the embedding too)
+        params = list(m.parameters())
+    ids = torch.randint(0, 301, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[2, 9:] = 0  # right padding
+    resp = torch.zeros_like(ids)
+    resp[0, 4:] = 1
+    resp[1, 7:] = 1
+    resp[2, 5:9] = 1
+    g = torch.randn(3)
+    ours, n_tokens = crpo.sequence_logps(m, ids, mask, resp)
+    assert n_tokens.tolist() == [8, 5, 4]
+    grads = torch.autograd.grad(ours, params, g)
+    ref = sequence_logps_plain(m, ids, mask, resp)
+    ref_grads = torch.autograd.grad(ref, params, g.double())
+    torch.testing.assert_close(ours.double(), ref, atol=2e-5, rtol=0)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a.double(), b.double(), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_sequence_logps_same_with_and_without_kernels_torch_path(lora, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    check_sequence_logps_with_and_without_kernels(lora)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_sequence_logps_same_with_and_without_kernels_triton(tri, lora):
+    check_sequence_logps_with_and_without_kernels(lora)
