@@ -541,8 +541,8 @@ def train(args):
     if args.precompute_ref:  # reference log-probs of every pair, once; then the reference is not needed
         for name, split in splits.items():
             table = torch.zeros(len(split.pairs), 2, device=device)
-            for part, live, b in tqdm(list(lockstep_batches(split, args.batch_size)) if split.pairs else [],
-                                      desc=f"reference log-probs ({name})", disable=not main_proc):
+            for part, live, b in tqdm(lockstep_batches(split, args.batch_size), desc=f"reference log-probs ({name})",
+                                      total=math.ceil(len(split.pairs) / args.batch_size), disable=not main_proc):
                 lp = reference_logps(b).float()
                 table[torch.as_tensor(part, device=device)] += live * torch.stack(lp.chunk(2), dim=1)
             split.ref = all_reduce_sum(table, world)
@@ -573,8 +573,12 @@ def train(args):
     if args.resume:
         if not os.path.isfile(state_path):
             raise CrpoError(f"--resume: {state_path} not found (no saved training state; run without --resume)")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        restore_training_state(state, state_root, opt)
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            restore_training_state(state, state_root, opt)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CrpoError(f"--resume: cannot restore {state_path} ({str(e).splitlines()[0]}); resume with the "
+                            "flags of the saved run (model, --lora-rank, --lora-targets), or start over") from None
         step, epoch, pos = state["step"], state["epoch"], state["pos"]
         log(f"resumed from {state_path} at step {step} (epoch {epoch}, batch {pos})")
         if state["args"].get("max_steps") != args.max_steps or state["args"].get("epochs") != args.epochs:
@@ -583,7 +587,7 @@ def train(args):
         kept = []
         if args.resume and os.path.isfile(metrics_path):
             with open(metrics_path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+                kept = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= step]
         with open(metrics_path, "w") as f:
             f.writelines(kept)
 
@@ -599,45 +603,36 @@ def train(args):
         if world > 1:
             dist.barrier()
 
-    def batch_loss(b):
-        """(sum over the rank's part of c * l_DPO, stats summed over pairs) for one micro-batch."""
+    stat_names = ["loss", "mean_c", "rewards_chosen", "rewards_rejected", "reward_accuracy", "reward_margin"]
+
+    def batch_loss(forward, b, live):
+        """CrPO loss (mean over this rank's part of the batch) and a row of sums for the metrics:
+        [loss, mean_c, rewards_chosen, rewards_rejected, reward_accuracy, reward_margin] * pairs, pairs, tokens."""
         with autocast:
-            lp = seq(b["input_ids"], b["attention_mask"], b["response_mask"]).float()
-        pol_w, pol_l = lp.chunk(2)
-        ref_w, ref_l = (b["ref"].unbind(1) if b["ref"] is not None else reference_logps(b).float().chunk(2))
+            lp = forward(b["input_ids"], b["attention_mask"], b["response_mask"]).float()
+        ref = b["ref"].unbind(1) if b["ref"] is not None else reference_logps(b).float().chunk(2)
         c = creativity_weights(b["scores_chosen"], b["scores_rejected"], lambdas, args.strategy,
                                args.weight_on) if active else None
-        loss, stats = crpo_loss(pol_w, pol_l, ref_w, ref_l, beta=args.beta, weights=c,
-                                label_smoothing=args.label_smoothing)
-        return loss, stats
-
-    stat_names = ["loss", "mean_c", "rewards_chosen", "rewards_rejected", "reward_accuracy", "reward_margin"]
+        loss, stats = crpo_loss(*lp.chunk(2), *ref, beta=args.beta, weights=c, label_smoothing=args.label_smoothing)
+        n = live * (len(lp) // 2)
+        counts = torch.stack([lp.new_tensor(n), b["attention_mask"].sum() * live])
+        return loss, torch.cat([torch.stack([loss.detach(), *(stats[k] for k in stat_names[1:])]) * n, counts]).double()
 
     @torch.no_grad()
     def evaluate():
-        sums = torch.zeros(len(stat_names) + 1, dtype=torch.float64, device=device)
-        for part, live, b in lockstep_batches(val_split, args.batch_size):
-            with autocast:
-                lp = eval_seq(b["input_ids"], b["attention_mask"], b["response_mask"]).float()
-            ref = b["ref"].unbind(1) if b["ref"] is not None else reference_logps(b).float().chunk(2)
-            c = creativity_weights(b["scores_chosen"], b["scores_rejected"], lambdas, args.strategy,
-                                   args.weight_on) if active else None
-            loss, stats = crpo_loss(*lp.chunk(2), *ref, beta=args.beta, weights=c,
-                                    label_smoothing=args.label_smoothing)
-            n = live * len(part)
-            sums += torch.stack([loss * n] + [stats[k] * n for k in stat_names[1:]] + [torch.tensor(n, device=device)]).double()
+        policy.eval()  # no (LoRA) dropout
+        sums = sum(batch_loss(eval_seq, b, live)[1] for _, live, b in lockstep_batches(val_split, args.batch_size))
+        policy.train()
         sums = all_reduce_sum(sums, world)
-        row = {"step": step, "split": "val", "pairs": int(sums[-1])}
-        row.update({k: (sums[i] / sums[-1]).item() for i, k in enumerate(stat_names)})
+        row = {"step": step, "split": "val", "pairs": int(sums[-2])}
+        row.update({k: (sums[i] / sums[-2]).item() for i, k in enumerate(stat_names)})
         write_metrics(row)
         log(f"step {step}: val loss {row['loss']:.4f}, reward accuracy {row['reward_accuracy']:.3f}, "
             f"margin {row['reward_margin']:.4f} ({row['pairs']} pairs)")
-        return row
 
     # 8. the loop
     bar = tqdm(total=total_steps, initial=step, desc="crpo", disable=not main_proc, dynamic_ncols=True)
-    window = torch.zeros(len(stat_names) + 2, dtype=torch.float64, device=device)  # stats, pairs, tokens
-    window_time, window_steps = 0.0, 0
+    window, window_time = 0, 0.0  # metric sums and seconds since the last logged step
     while step < total_steps:
         order = np.random.default_rng([args.seed, epoch]).permutation(n_train)  # f(seed, epoch) only
         step_idx = order[pos * step_pairs:(pos + 1) * step_pairs]
@@ -648,19 +643,16 @@ def train(args):
         for group in opt.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
-        sums = torch.zeros(len(stat_names) + 2, dtype=torch.float64, device=device)
+        sums = 0
         micro = [step_idx[i:i + args.batch_size] for i in range(0, len(step_idx), args.batch_size)]
         for m, micro_idx in enumerate(micro):
             part, live = rank_part(micro_idx, rank, world)
             b = train_split.batch(part, pad_id, device)
-            no_sync = seq.no_sync() if ddp and m < len(micro) - 1 else contextlib.nullcontext()
-            with no_sync:
-                loss, stats = batch_loss(b)
+            with seq.no_sync() if ddp and m < len(micro) - 1 else contextlib.nullcontext():
+                loss, micro_sums = batch_loss(seq, b, live)
                 # (mean over the part) * |part| = sum over the part; DDP/FSDP average over ranks, hence * world
                 (loss * (live * len(part) * world / len(step_idx))).backward()
-            n = live * len(part)
-            sums += torch.stack([loss.detach() * n] + [stats[k] * n for k in stat_names[1:]]
-                                + [torch.tensor(n, device=device), b["attention_mask"].sum() * live]).double()
+            sums = sums + micro_sums
         sums = all_reduce_sum(sums, world)
         step_loss = (sums[0] / sums[-2]).item()
         grad_norm = (nn.utils.clip_grad_norm_(params, args.max_grad_norm) if args.max_grad_norm > 0
@@ -674,7 +666,8 @@ def train(args):
                 with open(path, "w") as f:
                     for i in step_idx:
                         p = train_split.pairs[i]
-                        f.write(json.dumps({k: p[k] for k in ("prompt", "chosen", "rejected", "line") if k in p}) + "\n")
+                        row = {k: p[k] for k in ("prompt", "chosen", "rejected", "line") if k in p}
+                        f.write(json.dumps(row) + "\n")
             raise CrpoError(f"step {step + 1}: {what} (non-finite); stopped before the update. The batch's "
                             f"{len(step_idx)} pairs are in {path}. Try a lower --lr, a smaller --max-grad-norm, "
                             f"or check those rows and their scores.")
@@ -685,7 +678,6 @@ def train(args):
             epoch, pos = epoch + 1, 0
         window += sums
         window_time += time.perf_counter() - t0
-        window_steps += 1
         if step % args.log_every == 0 or step == total_steps:
             row = {"step": step, "split": "train", "epoch": epoch}
             row.update({k: (window[i] / window[-2]).item() for i, k in enumerate(stat_names)})
@@ -693,8 +685,7 @@ def train(args):
             write_metrics(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['reward_accuracy']:.2f}",
                             tok_s=f"{row['tokens_per_s']:.0f}")
-            window.zero_()
-            window_time, window_steps = 0.0, 0
+            window, window_time = 0, 0.0
         bar.update(1)
         if args.save_every > 0 and step % args.save_every == 0 and step < total_steps:
             save_state()

@@ -304,7 +304,8 @@ def test_resume_equals_uninterrupted_run(kind, tiny, ratings, straight_runs, tmp
     moved = 0.0
     for k in a["weights"]:
         assert torch.allclose(a["weights"][k], b["weights"][k], rtol=0, atol=1e-6), k
-    wa, wb = load_file(os.path.join(straight_runs[kind], "model.safetensors")), load_file(tmp_path / "model.safetensors")
+    wa = load_file(os.path.join(straight_runs[kind], "model.safetensors"))
+    wb = load_file(tmp_path / "model.safetensors")
     w0 = load_file(os.path.join(tiny, "model.safetensors"))
     for k in wa:
         assert torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6), k
@@ -352,7 +353,8 @@ def test_precomputed_reference_and_checkpointing_change_nothing(kind, tiny, rati
         for x, y in zip(a, b):
             for key in ("loss", "rewards_chosen", "rewards_rejected"):
                 assert y[key] == pytest.approx(x[key], abs=1e-6), (split, key)
-    wa, wb = load_file(os.path.join(straight_runs[kind], "model.safetensors")), load_file(tmp_path / "model.safetensors")
+    wa = load_file(os.path.join(straight_runs[kind], "model.safetensors"))
+    wb = load_file(tmp_path / "model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6) for k in wa)
 
 
