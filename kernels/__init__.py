@@ -11,7 +11,12 @@ Dispatch: the Triton kernels (kernels/triton_logprobs.py) when the tensors are o
 environment variable TRITON_INTERPRET=1 is set (then they run on CPU tensors in Triton's interpreter:
 that is how CI tests them); the PyTorch path (kernels/torch_path.py) otherwise, or when triton is not
 importable.
+
+Memory: chunk sizes follow `MEMORY_BUDGET` (bytes of one chunk of logits) in kernels/triton_logprobs.py
+(512 MiB, in the input dtype) and kernels/torch_path.py (128 MiB of float32); set them to trade memory for
+fewer, larger matmuls.
 """
+import contextlib
 import os
 
 import torch
@@ -59,10 +64,13 @@ def logprobs(logits, labels, ignore_index=-100, *, inplace_backward=False):
 def linear_logprobs(hidden, weight, labels, ignore_index=-100):
     """log p_t with z_t = h_t W^T, for hidden [..., D], weight [V, D], labels [...] -> float32 [...].
 
-    The logits are built one chunk of tokens at a time (chunk size from a memory budget); only the
-    per-token logsumexp is kept for the backward, which recomputes each chunk and accumulates
-    dh = dz @ W and dW = dz^T h. A weight without grad (frozen, e.g. LoRA) skips dW, and then
-    dh_t = g_t * (onehot(y_t) - p_t) @ W is formed in the forward with no recompute at all.
+    The forward builds the logits one chunk of tokens at a time (chunk size from a memory budget) and
+    keeps only the per-token logsumexp. The backward recomputes the logits block by block, turns each
+    block into dz = g (onehot(y) - exp(z - lse)) in place, and forms dh = dz @ W and dW = dz^T h
+    (Triton path: blocks of vocabulary columns, so each block of dW is written once and only dh
+    accumulates, in float32; PyTorch path: chunks of tokens, dW accumulated in float32).
+    A weight without grad (frozen, e.g. LoRA) skips dW, and then dh_t = g_t (onehot(y_t) - p_t) @ W is
+    formed in the forward: no recompute at all. A hidden without grad skips dh.
     """
     shape = labels.shape
     h, y = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
@@ -70,7 +78,9 @@ def linear_logprobs(hidden, weight, labels, ignore_index=-100):
         h = h.to(weight.dtype)
     grad_on = torch.is_grad_enabled()
     need_dh, need_dw = grad_on and h.requires_grad, grad_on and weight.requires_grad
-    with torch.autocast(h.device.type, enabled=False):  # the chunk buffers have the inputs' dtype
+    no_autocast = (torch.autocast(h.device.type, enabled=False) if h.device.type in ("cuda", "cpu")
+                   else contextlib.nullcontext())
+    with no_autocast:  # the chunk buffers have the inputs' dtype
         if use_triton(h, weight, y):
             out = _triton_module.LinearLogProbs.apply(h, weight, y, ignore_index, need_dh, need_dw, None, None)
         else:

@@ -138,6 +138,7 @@ def chunk_sizes(n, v, element_size, budget=None):
     """(tokens per forward chunk [x V], tokens per backward chunk, vocabulary columns per backward chunk)."""
     budget = MEMORY_BUDGET if budget is None else budget
     fwd_rows = max(1, budget // (v * element_size))
+    fwd_rows = fwd_rows // 128 * 128 if fwd_rows >= 256 else fwd_rows  # matmul-friendly row counts
     bwd_rows = min(n, BWD_MAX_TOKENS) if n > 0 else 1
     bwd_cols = min(v, max(256, budget // (bwd_rows * element_size) // 256 * 256))
     return fwd_rows, bwd_rows, bwd_cols

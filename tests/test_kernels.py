@@ -298,8 +298,8 @@ def test_triton_linear_logprobs_kept_logits_and_second_backward(tri):
 
 
 def test_triton_chunk_sizes_follow_budget(tri):
-    # SPEC shape, bf16, 512 MiB: forward chunks of 2092 tokens; backward: all 8192 tokens x 32768 columns
-    assert tri.chunk_sizes(8192, 128256, 2, 512 * 2**20) == (2092, 8192, 32768)
+    # SPEC shape, bf16, 512 MiB: forward chunks of 2048 tokens; backward: all 8192 tokens x 32768 columns
+    assert tri.chunk_sizes(8192, 128256, 2, 512 * 2**20) == (2048, 8192, 32768)
     fwd, rows, cols = tri.chunk_sizes(100, 1000, 4, 8000)
     assert (fwd, rows, cols) == (2, 100, 256)
 
