@@ -1,0 +1,446 @@
+"""Generation-based creativity evaluation: several models side by side on the same prompts (SPEC section 7).
+
+    python eval.py --models base=default crpo=out/ --data heldout.jsonl --k 8 --out out/eval.json --report out/eval.md
+
+For each model, k samples per prompt (model.generate: batched, KV cache, seeded). Per prompt p with
+generations g_1..g_k, e(t) the unit-norm sentence embedding, d(u, v) = 1 - cos(u, v):
+
+    novelty_p    = mean_i 2 |DSI(g_i) - DSI(C_p)|        score.py's DSI novelty, RAW (not min-max normalised);
+                   C_p = the human responses to p when the data has rating rows, else the k generations
+    diversity_p  = mean_i mean_{j != i} d(e(g_i), e(g_j))  score.py's diversity, raw, among the k generations
+    surprise_p   = mean_i ppl(g_i | p)                     perplexity under ONE scoring model for every model
+    quality_p    = mean_i p(Yes | judge question, p, g_i)   score.py's judge, with the same scoring model
+    distinct_p   = |classes| / k                           classes: g_i joins the FIRST class whose representative
+                                                            (its first member) has cos(e(g_i), e(rep)) >= threshold,
+                                                            else starts a new class (greedy, NoveltyBench-style)
+    length_p     = mean_i |words(g_i)|
+    distinct-n_p = |unique n-grams| / |n-grams|            over the k generations (n-grams inside each text)
+
+and, for held-out human pairs (x, y_w, y_l) of the evaluated prompts,
+
+    pref_accuracy = mean over pairs of [ell(y_w | x) > ell(y_l | x)]   (a tie counts 1/2)
+    ell(y | x)    = (1/|y|) sum_t log pi(y_t | x, y_<t) = -log ppl(y | x)   under the EVALUATED model.
+
+Every metric is averaged over prompts; [lo, hi] is a 95% percentile bootstrap interval over prompts (seeded).
+"""
+import argparse
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import data
+import model as modeling
+import score
+
+METRICS = ("novelty", "diversity", "surprise", "quality", "distinct", "length", "distinct_1", "distinct_2",
+           "pref_accuracy")
+PREF_RESPONSES_PER_PROMPT = 32  # rated responses sampled per prompt before pairing (1,500 ratings: no 1M pairs)
+
+
+class EvalError(Exception):
+    """A user-facing problem (bad --models spec, missing path): the CLI prints it and exits 1."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def parse_model_specs(specs):
+    """["NAME=PATH", ...] -> [(name, path)]; PATH "default" -> None (the embedded default). Paths must exist."""
+    out, seen = [], set()
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise EvalError(f"--models {spec!r}: expected NAME=PATH (e.g. base=default or crpo=out/)")
+        if name in seen:
+            raise EvalError(f"--models {spec!r}: the name {name!r} is given twice (names must be unique)")
+        if path != "default" and not os.path.exists(os.path.expanduser(path)):
+            raise EvalError(f"--models {spec!r}: {path}: no such file or folder "
+                            "(give an HF folder, a .gguf file, or 'default' for the embedded model)")
+        seen.add(name)
+        out.append((name, None if path == "default" else os.path.expanduser(path)))
+    return out
+
+
+def read_prompts(rows, max_prompts=None):
+    """Unique prompts in file order (surrounding whitespace ignored when comparing), the first max_prompts.
+    -> (prompts, reference): reference = {prompt: [human responses]} for rating rows, None for preference rows."""
+    first = {}
+    for r in rows:
+        first.setdefault(r["prompt"].strip(), r["prompt"])
+    prompts = list(first.values())[:max_prompts]
+    if rows[0]["kind"] != "rating":
+        return prompts, None
+    keep = {p.strip(): p for p in prompts}
+    reference = defaultdict(list)
+    for r in rows:
+        if r["prompt"].strip() in keep:
+            reference[keep[r["prompt"].strip()]].append(r["response"])
+    return prompts, dict(reference)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generation
+
+
+def generate_all(m, tokenizer, prompts, *, k, max_new_tokens, temperature, top_p, seed, batch_size,
+                 show_progress=True):
+    """{prompt: [k texts]}: prompts in chunks of max(1, batch_size // k) (chunk*k sequences per batch);
+    chunk c is sampled with seed + c, so the same seed and batch size give the same texts."""
+    per_call = max(1, batch_size // k)
+    out = {}
+    chunks = [prompts[i:i + per_call] for i in range(0, len(prompts), per_call)]
+    for c, chunk in enumerate(tqdm(chunks, desc="generate", unit="batch", disable=not show_progress)):
+        texts = modeling.generate(m, tokenizer, chunk, n=k, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_p=top_p, seed=seed + c)
+        out.update(zip(chunk, texts))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics on one prompt's k generations
+
+
+def tokens(text):
+    """Lower-cased word tokens (letters, digits, apostrophes; punctuation dropped)."""
+    return re.findall(r"[\w']+", text.lower())
+
+
+def distinct_n(texts, n):
+    """|unique n-grams| / |n-grams| over the texts, n-grams taken inside each text; 0 when there is none."""
+    grams = [tuple(t[i:i + n]) for t in map(tokens, texts) for i in range(len(t) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def equivalence_classes(E, threshold):
+    """Class label per row of E [k, d]: row i joins the first class whose representative r (the class's first
+    member) has cos(e_i, e_r) >= threshold, else opens a new class. Greedy, in generation order, as in
+    NoveltyBench's partition (which compares against one representative per class)."""
+    E = score.unit_rows(E)
+    reps, labels = [], []
+    for i in range(len(E)):
+        label = next((c for c, r in enumerate(reps) if E[i] @ E[r] >= threshold), None)
+        if label is None:
+            label = len(reps)
+            reps.append(i)
+        labels.append(label)
+    return labels
+
+
+def sentence_embeddings(encoder, texts, cache_dir, show_progress=True):
+    """{text: e(text)}, read from score.py's cache (score_groups has just stored them) or computed."""
+    def compute(missing):
+        for i in range(0, len(missing), 256):
+            chunk = missing[i:i + 256]
+            yield chunk, encoder.embed(chunk).float().cpu().numpy()
+    return score.cached_compute(score.Cache(cache_dir), f"embed|{score.cache_name(encoder)}", texts, compute,
+                                dtype=np.float32, desc="embed generations", show_progress=show_progress,
+                                stats=score.new_stats())
+
+
+def score_generations(generations, *, scorer, tokenizer, encoder, reference=None, threshold=0.9, cache_dir=None,
+                      batch_size=16, show_progress=True):
+    """Per-prompt metrics of {prompt: [k texts]} -> list of dicts (prompt order). Novelty, diversity, surprise
+    and quality are score.py's RAW values (score_groups' "<dim>_raw"), averaged over the k generations;
+    duplicates stay in the group (k identical texts: diversity 0)."""
+    prompts = list(generations)
+    groups = [{"prompt": p, "responses": list(generations[p])} for p in prompts]
+    results, _ = score.score_groups(groups, score.DIMS, model=scorer, tokenizer=tokenizer, encoder=encoder,
+                                    cache_dir=cache_dir, reference=reference, batch_size=batch_size,
+                                    show_progress=show_progress)
+    vectors = sentence_embeddings(encoder, [t for g in groups for t in g["responses"]], cache_dir, show_progress)
+    rows = []
+    for p, res in zip(prompts, results):
+        texts = generations[p]
+        labels = equivalence_classes(np.stack([vectors[t] for t in texts]), threshold)
+        lengths = [len(tokens(t)) for t in texts]
+        row = {"prompt": p}
+        row.update({d: float(np.mean(res[f"{d}_raw"])) for d in score.DIMS})
+        row.update(distinct=len(set(labels)) / len(texts), classes=len(set(labels)), length=float(np.mean(lengths)),
+                   distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))
+        row["per_generation"] = {**{d: [float(v) for v in res[f"{d}_raw"]] for d in score.DIMS},
+                                 "class": labels, "length": lengths}
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Preference accuracy on human pairs
+
+
+def preference_pairs(rows, prompts, *, min_margin=1.0, max_pairs=200, seed=0):
+    """Human pairs of the evaluated prompts. Rating rows: at most PREF_RESPONSES_PER_PROMPT responses per prompt
+    (sampled, seeded), then data.build_pairs(min_margin); preference rows pass through. At most max_pairs
+    (sampled, seeded, file order kept). [] when there is none."""
+    keep = {p.strip() for p in prompts}
+    rows = [r for r in rows if r["prompt"].strip() in keep]
+    if not rows or max_pairs <= 0:
+        return []
+    rng = random.Random(seed)
+    if rows[0]["kind"] == "rating":
+        by_prompt = defaultdict(list)
+        for i, r in enumerate(rows):
+            by_prompt[r["prompt"].strip()].append(i)
+        chosen = sorted(i for idx in by_prompt.values()
+                        for i in (rng.sample(idx, PREF_RESPONSES_PER_PROMPT) if len(idx) > PREF_RESPONSES_PER_PROMPT else idx))
+        rows = [rows[i] for i in chosen]
+    try:
+        pairs, _ = data.build_pairs(rows, min_margin=min_margin)
+    except data.DataError:
+        return []
+    if len(pairs) > max_pairs:
+        pairs = [pairs[i] for i in sorted(rng.sample(range(len(pairs)), max_pairs))]
+    return pairs
+
+
+def preference_accuracy(m, tokenizer, pairs, *, cache_dir=None, batch_size=16, show_progress=True):
+    """{prompt: (correct, n_pairs)}: a pair is right when ell(chosen) > ell(rejected), ell(y|x) = -log ppl(y|x),
+    the mean log-prob per response token (end-of-turn included) from score.py's perplexity under model m;
+    a tie counts 1/2."""
+    by_prompt = defaultdict(dict)
+    for p in pairs:
+        key = p["prompt"].strip()
+        by_prompt[key].setdefault("prompt", p["prompt"])
+        for side in ("chosen", "rejected"):
+            by_prompt[key].setdefault("responses", {})[p[side]] = None
+    keys = list(by_prompt)
+    groups = [{"prompt": by_prompt[k]["prompt"], "responses": list(by_prompt[k]["responses"])} for k in keys]
+    results, _ = score.score_groups(groups, ["surprise"], model=m, tokenizer=tokenizer, cache_dir=cache_dir,
+                                    batch_size=batch_size, show_progress=show_progress)
+    ppl = {(k, r): v for k, g, res in zip(keys, groups, results) for r, v in zip(g["responses"], res["surprise_raw"])}
+    out = {}
+    for p in pairs:
+        k = p["prompt"].strip()
+        ell_w, ell_l = -math.log(ppl[k, p["chosen"]]), -math.log(ppl[k, p["rejected"]])
+        right = 1.0 if ell_w > ell_l else 0.5 if ell_w == ell_l else 0.0
+        c, n = out.get(by_prompt[k]["prompt"], (0.0, 0))
+        out[by_prompt[k]["prompt"]] = (c + right, n + 1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Aggregation
+
+
+def bootstrap_interval(values, weights=None, *, n_boot=1000, seed=0, level=0.95):
+    """(mean, lo, hi): mean = sum_p w_p v_p / sum_p w_p over prompts p (w = 1 unless given); [lo, hi] = the
+    (1 - level)/2 and (1 + level)/2 percentiles of that mean over n_boot resamples of the prompts with
+    replacement (numpy default_rng(seed)). One prompt or n_boot 0: lo = hi = mean."""
+    v = np.asarray(values, dtype=np.float64)
+    w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=np.float64)
+    mean = float((w * v).sum() / w.sum())
+    if len(v) < 2 or n_boot <= 0:
+        return mean, mean, mean
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
+    means = (w[idx] * v[idx]).sum(1) / w[idx].sum(1)
+    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return mean, float(lo), float(hi)
+
+
+def summarize(per_prompt, pref=None, *, n_boot=1000, seed=0):
+    """{metric: {"mean", "lo", "hi"}} over prompts; pref_accuracy (pairs-weighted over prompts) when pref has pairs."""
+    out = {}
+    for metric in METRICS[:-1]:
+        mean, lo, hi = bootstrap_interval([r[metric] for r in per_prompt], n_boot=n_boot, seed=seed)
+        out[metric] = {"mean": mean, "lo": lo, "hi": hi}
+    if pref:
+        correct, n = zip(*pref.values())
+        acc = [c / k for c, k in zip(correct, n)]
+        mean, lo, hi = bootstrap_interval(acc, n, n_boot=n_boot, seed=seed)
+        out["pref_accuracy"] = {"mean": mean, "lo": lo, "hi": hi, "pairs": int(sum(n))}
+    return out
+
+
+def fmt(x):
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def table(results, markdown=False):
+    """One row per model: mean [lo, hi] per metric."""
+    metrics = [m for m in METRICS if any(m in r for r in results.values())]
+    head = ["model"] + metrics
+    rows = [[name] + [f"{fmt(r[m]['mean'])} [{fmt(r[m]['lo'])}, {fmt(r[m]['hi'])}]" if m in r else "-" for m in metrics]
+            for name, r in results.items()]
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                         ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def markdown_report(out, n_examples=3):
+    c = out["config"]
+    lines = [f"# eval.py: {', '.join(out['models'])}", "",
+             f"Data `{c['data']}`: {c['n_prompts']} prompts, k = {c['k']} samples each, {c['max_new_tokens']} new "
+             f"tokens at most, temperature {c['temperature']}, top-p {c['top_p']}, seed {c['seed']}. Scoring model "
+             f"`{c['scorer_model'] or 'default'}`, encoder `{c['encoder'] or 'default'}`, distinct threshold "
+             f"{c['distinct_threshold']}, novelty against {c['novelty_reference']}. Git {c['git_revision']}.", "",
+             f"Mean over prompts [95% bootstrap interval over prompts, {c['bootstrap']} resamples]:", "",
+             table(out["models"], markdown=True), "",
+             "Novelty, diversity, distinct, distinct-1/2: higher = more varied/original. Surprise: perplexity of the "
+             "generations under the one scoring model. Quality: judge p(Yes) that a generation is a sensible answer. "
+             "Length: words. pref_accuracy: how often the model's per-token log-likelihood ranks the higher-rated "
+             "human response first (0.5 = chance). Intervals that do not overlap mark differences larger than the "
+             "prompt-to-prompt noise.", "", "## Sample generations", ""]
+    prompts = list(next(iter(out["models"].values()))["generations"])[:n_examples]
+    for p in prompts:
+        lines.append(f"**{p}**\n")
+        for name, r in out["models"].items():
+            for t in r["generations"][p][:n_examples]:
+                lines.append(f"- {name}: {json.dumps(t, ensure_ascii=False)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def git_revision():
+    root = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=10)
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Sample k responses per prompt from each model and compare novelty, "
+                                             "diversity, surprise, quality, distinct, ... (mean and 95% bootstrap interval).")
+    ap.add_argument("--models", nargs="+", required=True, metavar="NAME=PATH",
+                    help="models to evaluate; PATH = HF folder, .gguf file, or 'default' (embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--data", required=True, help="rating or preference rows (JSON Lines); its unique prompts are used")
+    ap.add_argument("--k", type=int, default=8, help="samples per prompt per model")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
+    ap.add_argument("--out", default=os.path.join("out", "eval.json"), help="JSON with everything (default out/eval.json)")
+    ap.add_argument("--report", help="also write a short Markdown report here")
+    ap.add_argument("--max-prompts", type=int, help="only the first N unique prompts of --data")
+    ap.add_argument("--scorer-model", help="the ONE model that scores surprise and quality for every evaluated model "
+                                           "(default: the embedded default)")
+    ap.add_argument("--encoder", help="sentence encoder folder (default: the embedded all-MiniLM-L6-v2)")
+    ap.add_argument("--distinct-threshold", type=float, default=0.9,
+                    help="two generations are one class when their embeddings' cosine >= this")
+    ap.add_argument("--batch-size", type=int, default=64, help="sequences per generation batch (and LM scoring batch)")
+    ap.add_argument("--max-pref-pairs", type=int, default=200, help="human pairs for preference accuracy (0: skip)")
+    ap.add_argument("--pref-margin", type=float, default=1.0, help="min rating difference of a human pair")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    ap.add_argument("--cache-dir", help="score cache (default: $CRPO_CACHE or .cache/crpo)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument("--skip-bad-rows", action="store_true")
+    args = ap.parse_args(argv)
+    checks = [(args.k >= 1, "--k must be >= 1"), (args.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
+              (args.temperature >= 0, "--temperature must be >= 0"), (0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
+              (args.max_prompts is None or args.max_prompts >= 1, "--max-prompts must be >= 1"),
+              (-1 <= args.distinct_threshold <= 1, "--distinct-threshold must be a cosine in [-1, 1]"),
+              (args.batch_size >= 1, "--batch-size must be >= 1"), (args.bootstrap >= 0, "--bootstrap must be >= 0"),
+              (args.max_pref_pairs >= 0, "--max-pref-pairs must be >= 0"),
+              (math.isfinite(args.pref_margin) and args.pref_margin >= 0, "--pref-margin must be >= 0")]
+    for ok, message in checks:
+        if not ok:
+            ap.error(message)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def run(args):
+    """The whole evaluation -> the JSON-able result {"models": {...}, "config": {...}}."""
+    t_start = time.perf_counter()
+    specs = parse_model_specs(args.models)
+    rows, report = data.read_rows(args.data, skip_bad_rows=args.skip_bad_rows)
+    print(report.summary())
+    prompts, reference = read_prompts(rows, args.max_prompts)
+    pairs = preference_pairs(rows, prompts, min_margin=args.pref_margin, max_pairs=args.max_pref_pairs, seed=args.seed)
+    print(f"{len(prompts)} prompts, k = {args.k}; novelty against "
+          f"{'the human responses of each prompt' if reference else 'the generations of each prompt'}; "
+          f"{len(pairs)} human pairs for preference accuracy")
+
+    t0 = time.perf_counter()
+    scorer_path = None if args.scorer_model in (None, "default") else os.path.expanduser(args.scorer_model)
+    scorer, scorer_tok = modeling.load(scorer_path, device=args.device)  # loaded once, for every model
+    encoder = modeling.load_encoder(args.encoder, device=args.device)
+    print(f"scoring model and encoder loaded in {time.perf_counter() - t0:.1f} s")
+
+    results, timing = {}, {}
+    for name, path in specs:
+        t0 = time.perf_counter()
+        if path == scorer_path or (path and scorer_path and os.path.realpath(path) == os.path.realpath(scorer_path)):
+            m, tok = scorer, scorer_tok  # the same checkpoint: one copy in memory
+        else:
+            m, tok = modeling.load(path, device=args.device)
+        t_load = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        generations = generate_all(m, tok, prompts, k=args.k, max_new_tokens=args.max_new_tokens,
+                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                                   batch_size=args.batch_size)
+        t_gen = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        per_prompt = score_generations(generations, scorer=scorer, tokenizer=scorer_tok, encoder=encoder,
+                                       reference=reference, threshold=args.distinct_threshold,
+                                       cache_dir=args.cache_dir, batch_size=args.batch_size)
+        t_score = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pref = preference_accuracy(m, tok, pairs, cache_dir=args.cache_dir, batch_size=args.batch_size) if pairs else {}
+        for r in per_prompt:
+            if r["prompt"] in pref:
+                r["pref_correct"], r["pref_pairs"] = pref[r["prompt"]]
+        t_pref = time.perf_counter() - t0
+        results[name] = summarize(per_prompt, pref, n_boot=args.bootstrap, seed=args.seed)
+        results[name]["per_prompt"] = per_prompt
+        results[name]["generations"] = generations
+        timing[name] = {"load_s": t_load, "generate_s": t_gen, "score_s": t_score, "pref_s": t_pref}
+        print(f"{name}: generated {len(prompts) * args.k} texts in {t_gen:.1f} s, scored in {t_score:.1f} s"
+              + (f", preference accuracy on {len(pairs)} pairs in {t_pref:.1f} s" if pairs else ""))
+        del m, tok
+    config = dict(vars(args), n_prompts=len(prompts), n_pref_pairs=len(pairs), git_revision=git_revision(),
+                  novelty_reference="the human responses of each prompt" if reference else "the generations of each prompt",
+                  distinct_method="greedy: join the first class whose representative has cosine >= threshold",
+                  scorer_name=scorer_tok.name, encoder_name=str(encoder.name), timing=timing,
+                  total_s=time.perf_counter() - t_start)
+    return {"models": results, "config": config}
+
+
+def write_atomic(path, text):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        out = run(args)
+    except (EvalError, data.DataError, modeling.ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print()
+    print(table(out["models"]))
+    write_atomic(args.out, json.dumps(out, ensure_ascii=False, indent=1))
+    print(f"wrote {args.out}")
+    if args.report:
+        write_atomic(args.report, markdown_report(out) + "\n")
+        print(f"wrote {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
