@@ -177,6 +177,7 @@ def parse_args(argv=None):
     a("--max-pairs-per-response", type=int, default=None)
     a("--length-balance", action="store_true", help="as many pairs with the longer chosen as shorter")
     a("--val-frac", type=float, default=0.1, help="fraction of prompts held out for validation")
+    a("--max-val-pairs", type=int, default=512, help="validate on at most this many held-out pairs (0 = all)")
     a("--max-len", type=int, default=512, help="tokens per sequence (prompt + response)")
     a("--seed", type=int, default=0)
     a("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -484,6 +485,10 @@ def train(args):
         + f" (on {args.weight_on})" if active else "none (plain DPO, c = 1)"))
 
     # 4. token ids (tokenize_pairs drops pairs left without a response: item["index"] says which remain)
+    if 0 < args.max_val_pairs < len(val_pairs):  # a fixed, seeded sample keeps validation cheap
+        keep = sorted(random.Random(args.seed).sample(range(len(val_pairs)), args.max_val_pairs))
+        log(f"validating on {len(keep):,} of the {len(val_pairs):,} held-out pairs (--max-val-pairs)")
+        val_pairs = [val_pairs[i] for i in keep]
     splits = {}
     for name, ps in (("train", train_pairs), ("val", val_pairs)):
         items, tok_stats = data.tokenize_pairs(ps, tokenizer, max_len=args.max_len) if ps else ([], None)
@@ -679,7 +684,7 @@ def train(args):
         window += sums
         window_time += time.perf_counter() - t0
         if step % args.log_every == 0 or step == total_steps:
-            row = {"step": step, "split": "train", "epoch": epoch}
+            row = {"step": step, "split": "train", "epoch": round(epoch + pos / steps_per_epoch, 4)}
             row.update({k: (window[i] / window[-2]).item() for i, k in enumerate(stat_names)})
             row.update({"lr": lr, "grad_norm": grad_norm, "tokens_per_s": window[-1].item() / window_time})
             write_metrics(row)

@@ -372,6 +372,7 @@ def test_metrics_rows(straight_runs):
     assert [r["lr"] for r in rows] == pytest.approx([1e-2 * (4 - t) / 3 if t else 1e-2 for t in range(4)])
     val = read_metrics(straight_runs["full"], "val")
     assert [r["step"] for r in val] == [2, 4] and all(0 <= r["reward_accuracy"] <= 1 for r in val)
+    assert all(r["pairs"] == 6 for r in val)
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])
@@ -419,6 +420,18 @@ def test_bad_row_via_cli_names_file_and_line(tiny, tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_skip_bad_rows_and_epochs(tiny, ratings, tmp_path, capsys):
+    noisy = tmp_path / "noisy.jsonl"
+    noisy.write_text(open(ratings).read() + "not json\n")
+    assert crpo.main(argv(str(noisy), tiny, tmp_path / "a", "--max-steps", "1")) == 1
+    assert f"{noisy}:17" in capsys.readouterr().err
+    # 18 training pairs, 8 per step: 3 steps per epoch
+    assert crpo.main(argv(str(noisy), tiny, tmp_path / "b", "--epochs", "2", "--skip-bad-rows", "--eval-every", "0")) == 0
+    assert "1 skipped" in capsys.readouterr().out
+    rows = read_metrics(str(tmp_path / "b"))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and [r["epoch"] for r in rows] == [0.3333, 0.6667, 1, 1.3333, 1.6667, 2]
+
+
 def test_missing_file_bad_model_and_missing_scores_are_clear_errors(tiny, ratings, tmp_path, capsys, monkeypatch):
     assert crpo.main(["--data", str(tmp_path / "nope.jsonl"), "--model", tiny, "--out", str(tmp_path)]) == 1
     assert "nope.jsonl: no such file" in capsys.readouterr().err
@@ -459,7 +472,9 @@ def test_score_py_computes_missing_scores_before_training(tiny, tmp_path):
     plain = write_ratings(tmp_path / "plain.jsonl", creativity=False)
     out = tmp_path / "out"
     assert crpo.main(argv(plain, tiny, out, "--max-steps", "1", "--lambda-surprise", "0", "--lambda-quality", "1",
-                          "--score-quality", "field", "score", "--score-cache", str(tmp_path / "cache"))) == 0
+                          "--score-quality", "field", "score", "--score-cache", str(tmp_path / "cache"),
+                          "--max-val-pairs", "4")) == 0
+    assert read_metrics(str(out), "val")[0]["pairs"] == 4
     # c = novelty + diversity + quality, each min-max normalised per prompt into [0, 1]
     assert 0 < read_metrics(str(out))[0]["mean_c"] <= 3
 
