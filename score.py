@@ -190,7 +190,8 @@ def minmax(values):
 
 
 # --------------------------------------------------------------------------------------------------
-# LM scorers (surprise lm, quality judge, quality rm): batched right-padded forward passes
+# LM scorers (surprise lm, quality judge, quality rm): per prompt, the shared chat prefix runs once
+# (KV cache), then the responses in right-padded batches
 
 
 def pad_batch(seqs, pad_id, response_starts=None):
@@ -391,8 +392,8 @@ def score_groups(groups, dims=DIMS, *, model=None, tokenizer=None, encoder=None,
     t_start = time.perf_counter()
     cache = Cache(cache_dir)
     progress = dict(show_progress=show_progress, stats=stats)
-    want = {d: (novelty if d == "novelty" else surprise if d == "surprise" else quality if d == "quality" else d)
-            for d in dims}
+    option = {"novelty": novelty, "diversity": "diversity", "surprise": surprise, "quality": quality}
+    want = {d: option[d] for d in dims}  # dim -> the scorer that computes it
     raw = [{} for _ in groups]
 
     need_encoder = "diversity" in want or "novelty" in want or want.get("surprise") == "embedding"
