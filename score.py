@@ -57,7 +57,7 @@ def default_cache_dir():
 class Cache:
     """sqlite store: key = sha1(namespace, text) -> a float vector (a scalar score is a vector of length 1).
 
-    namespace = "<scorer>|<model name>", e.g. "embed|all-MiniLM-L6-v2" or "surprise-lm|SmolLM2...|<fingerprint>".
+    namespace = "<scorer>|<model name>|<weights hash>[|<chat-format hash>]", e.g. "surprise-lm|SmolLM2...|1a2b...|3c4d...".
     """
 
     def __init__(self, cache_dir=None):
@@ -117,6 +117,13 @@ def model_fingerprint(model):
             x = p.detach().float()
             h.update(f"{name}{tuple(p.shape)}{x.sum().item():.6e}{x.abs().sum().item():.6e}".encode())
     return h.hexdigest()[:12]
+
+
+def chat_fingerprint(tokenizer):
+    """A short hash of how the tokenizer turns a conversation into ids (chat template, default system
+    turn, vocabulary): the LM's scores depend on it, so it is part of their cache key."""
+    ids, start = tokenizer.chat("A prompt?", "A response.")
+    return hashlib.sha1(f"{ids}|{start}".encode()).hexdigest()[:8]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -466,7 +473,7 @@ def score_groups(groups, dims=DIMS, *, model=None, tokenizer=None, encoder=None,
             out[dim] = np.array([values[k][0] for k in ks])
 
     if need_lm:
-        lm_name = f"{tokenizer.name}|{model_fingerprint(model)}"
+        lm_name = f"{tokenizer.name}|{model_fingerprint(model)}|{chat_fingerprint(tokenizer)}"
     if want.get("surprise") == "lm":
         per_response("surprise", f"surprise-lm|{lm_name}", "surprise (lm)",
                      lambda p, rs: perplexity(model, tokenizer, p, rs, batch_size, stats))
@@ -478,7 +485,8 @@ def score_groups(groups, dims=DIMS, *, model=None, tokenizer=None, encoder=None,
         device = next(model.parameters()).device if model is not None else "cpu"
         rm, rm_tokenizer, w = load_reward_model(quality[1], device=device)
         head = hashlib.sha1(w.numpy().tobytes()).hexdigest()[:8]
-        per_response("quality", f"quality-rm|{rm_tokenizer.name}|{model_fingerprint(rm)}|{head}", "quality (rm)",
+        rm_name = f"{rm_tokenizer.name}|{model_fingerprint(rm)}|{chat_fingerprint(rm_tokenizer)}|{head}"
+        per_response("quality", f"quality-rm|{rm_name}", "quality (rm)",
                      lambda p, rs: reward(rm, rm_tokenizer, w, p, rs, batch_size, stats))
     if quality and quality[0] == "field":
         for g, out in zip(groups, raw):

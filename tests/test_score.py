@@ -284,6 +284,16 @@ def test_second_call_is_served_from_the_cache(tmp_path):
     [res], s3 = score.score_groups(groups[:1], ["surprise"], model=m2, tokenizer=tok, cache_dir=tmp_path,
                                    show_progress=False)
     assert s3["computed"]["surprise (lm)"] == 3
+    # nor another chat format (template, system turn) with the same weights
+
+    class SystemTurnTokenizer(ByteTokenizer):
+        def chat(self, prompt, response=None):
+            ids, start = super().chat(prompt, response)
+            return [1] + self.encode("system") + ids, start + 7
+
+    [res], s4 = score.score_groups(groups[:1], ["surprise"], model=m, tokenizer=SystemTurnTokenizer(),
+                                   cache_dir=tmp_path, show_progress=False)
+    assert s4["computed"]["surprise (lm)"] == 3
 
 
 def test_score_pairs_groups_the_responses_of_each_prompt(tmp_path):
