@@ -174,7 +174,9 @@ def parse_args(argv=None):
     a("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
       help="comma-separated linear layer names")
     a("--min-margin", type=float, default=0.0, help="minimum score difference for a rating pair")
-    a("--max-pairs-per-response", type=int, default=None)
+    a("--max-pairs-per-response", type=int, default=4,
+      help="cap on the pairs any one response joins, largest margins first (0 = no cap; every pair of a "
+           "prompt with n responses is n(n-1)/2 pairs, which explodes on real rating files)")
     a("--length-balance", action="store_true", help="as many pairs with the longer chosen as shorter")
     a("--val-frac", type=float, default=0.1, help="fraction of prompts held out for validation")
     a("--max-val-pairs", type=int, default=512, help="validate on at most this many held-out pairs (0 = all)")
@@ -463,7 +465,7 @@ def train(args):
     rows, report = data.read_rows(args.data, skip_bad_rows=args.skip_bad_rows)
     log(report.summary())
     pairs, pair_stats = data.build_pairs(rows, min_margin=args.min_margin,
-                                         max_pairs_per_response=args.max_pairs_per_response,
+                                         max_pairs_per_response=args.max_pairs_per_response or None,
                                          length_balance=args.length_balance, seed=args.seed, source=args.data)
     log(data.pairs_summary(pair_stats))
     train_pairs, val_pairs = data.split_by_prompt(pairs, args.val_frac, args.seed)

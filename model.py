@@ -105,9 +105,9 @@ class Attention(nn.Module):
             k_cache, v_cache, start = cache
             k_cache[:, :, start:start + T], v_cache[:, :, start:start + T] = k, v
             k, v = k_cache[:, :, :start + T], v_cache[:, :, :start + T]
-        groups = self.c.n_heads // self.c.n_kv_heads  # grouped-query attention: each k/v head serves `groups` q heads
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        # grouped-query attention: each k/v head serves n_heads / n_kv_heads q heads (no copies with enable_gqa)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           enable_gqa=self.c.n_kv_heads != self.c.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
