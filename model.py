@@ -453,8 +453,8 @@ def load_hf(path):
         raise ModelError(f"{path}: no *.safetensors weights (.bin checkpoints are not supported: convert them)")
     state = {}
     for file in files:
-        with safe_open(file, "pt") as f:
-            state.update({to_ours(k): f.get_tensor(k) for k in f.keys()})
+        with safe_open(file, "pt") as f:  # a reward model's `score` head is not ours: score.py reads it itself
+            state.update({to_ours(k): f.get_tensor(k) for k in f.keys() if not k.startswith("score.")})
     tok_path = os.path.join(path, "tokenizer.json")
     if not os.path.exists(tok_path):
         raise ModelError(f"{path}: no tokenizer.json")

@@ -218,9 +218,6 @@ def test_judge_is_yes_probability_renormalised(tmp_path):
     assert 0 < min(want) < max(want) < 1
 
 
-@pytest.mark.xfail(raises=modeling.ModelError, strict=True,
-                   reason="model.load rejects the extra `score.weight` of a sequence-classification checkpoint "
-                          "(model.py: drop it before load_state_dict; then remove this marker)")
 def test_reward_model_score_head(tmp_path):
     """--quality rm: a Llama checkpoint in HF layout with a `score` head; reward = h_last . w."""
     from safetensors.torch import load_file, save_file
