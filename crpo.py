@@ -559,7 +559,8 @@ def train(args):
     params = [p for p in seq.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.999))
+                            lr=args.lr, betas=(0.9, 0.999),
+                            fused=world == 1)  # one fused kernel per step (many times faster on CPU); FSDP2's DTensors: foreach
     n_train = len(train_split.pairs)
     step_pairs = args.batch_size * args.grad_accum
     steps_per_epoch = math.ceil(n_train / step_pairs)

@@ -534,7 +534,7 @@ def generate(model, tokenizer, prompts, *, n=1, max_new_tokens=64, temperature=1
     done = torch.zeros(B, dtype=torch.bool, device=device)
     step_ids = input_ids
     for step in range(max_new_tokens):
-        logits = model(step_ids, mask[:, :T + step], cache)[:, -1]
+        logits = model.lm_head(model.hidden(step_ids, mask[:, :T + step], cache)[:, -1]).float()  # last position only
         cache["start"] = T + step
         next_ids = sample(logits, temperature, top_p, gen)
         next_ids = next_ids.masked_fill(done, tokenizer.pad_id)

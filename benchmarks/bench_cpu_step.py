@@ -52,7 +52,7 @@ def ours(steps):
     load_s = time.perf_counter() - t
     reference = copy.deepcopy(policy).requires_grad_(False)
     policy.train()
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-6, fused=False, foreach=True)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-6, fused=True)  # as crpo.py does
     ids, mask, resp = batch()
 
     def step():
@@ -75,7 +75,7 @@ def hf(steps):
     load_s = time.perf_counter() - t
     reference = copy.deepcopy(policy).requires_grad_(False).eval()
     policy.train()
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-6, fused=False, foreach=True)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)  # as TRL / the HF Trainer do (foreach)
     ids, mask, resp = batch()
     labels = ids[:, 1:]
     lmask = resp[:, 1:].float()
