@@ -59,15 +59,15 @@ def parse_args(argv=None):
     a("--results", default=os.path.join(ROOT, "results"), help="where the per-model JSON files go")
     a("--seed", type=int, default=0, help="held-out choice, response sampling, pairs, training, sampling")
     a("--heldout-per-task", type=int, default=3, help="held-out prompt groups per task (>= 2 in the real run)")
-    a("--train-responses-per-prompt", type=int, default=16)
+    a("--train-responses-per-prompt", type=int, default=20)
     a("--heldout-responses-per-prompt", type=int, default=200)
     # training: one budget for every run
     a("--min-margin", type=float, default=1.0)
     a("--max-pairs-per-response", type=int, default=2)
-    a("--max-steps", type=int, default=50)
+    a("--max-steps", type=int, default=40)
     a("--batch-size", type=int, default=8)
     a("--lr", type=float, default=5e-4)
-    a("--warmup-steps", type=int, default=5)
+    a("--warmup-steps", type=int, default=4)
     a("--lora-rank", type=int, default=16)
     a("--beta", type=float, default=0.1)
     a("--max-len", type=int, default=96)
@@ -184,6 +184,36 @@ def last_train_row(out):
             "tokens_per_s": sum(r["tokens_per_s"] for r in rows) / len(rows)}
 
 
+TABLE_METRICS = ("novelty", "diversity", "surprise", "quality", "distinct", "length", "pref_accuracy")
+
+
+def paired_differences(models, baseline="dpo", *, n_boot=1000, seed=0):
+    """{model: {metric: {"mean", "lo", "hi"}}}: per-prompt difference model - baseline on the same prompts,
+    mean over prompts and its 95% percentile bootstrap interval over prompts (eval.bootstrap_interval). Preference
+    accuracy is left out (its per-prompt pair counts differ in weight)."""
+    import eval as evaluation
+    base = {r["prompt"]: r for r in models[baseline]["per_prompt"]}
+    out = {}
+    for name, res in models.items():
+        if name == baseline:
+            continue
+        out[name] = {}
+        for metric in TABLE_METRICS[:-1]:
+            diffs = [r[metric] - base[r["prompt"]][metric] for r in res["per_prompt"]]
+            mean, lo, hi = evaluation.bootstrap_interval(diffs, n_boot=n_boot, seed=seed)
+            out[name][metric] = {"mean": mean, "lo": lo, "hi": hi}
+    return out
+
+
+def markdown_table(models):
+    head = ["model", *TABLE_METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in models.items():
+        cells = [f"{r[m]['mean']:.3g} [{r[m]['lo']:.3g}, {r[m]['hi']:.3g}]" if m in r else "-" for m in TABLE_METRICS]
+        lines.append("| " + " | ".join([name] + cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     t_start = time.perf_counter()
@@ -279,13 +309,17 @@ def main(argv=None):
                "n_pairs": len(pairs), "timings_s": timings,
                "models": {n: {k: v for k, v in r.items() if k not in ("per_prompt", "generations")}
                           for n, r in ev["models"].items()}}
+    if "dpo" in ev["models"]:
+        summary["paired_minus_dpo"] = paired_differences(ev["models"], seed=args.seed)
+    summary["table_markdown"] = markdown_table(ev["models"])
     with open(os.path.join(args.results, "experiment.json"), "w") as f:
         json.dump(summary, f, ensure_ascii=False, indent=1, default=str)
 
-    sys.path.insert(0, ROOT)
-    import eval as evaluation  # the same table eval.py prints
     print()
-    print(evaluation.table(ev["models"], markdown=True))
+    print(summary["table_markdown"])
+    if "paired_minus_dpo" in summary:
+        print("\nper-prompt difference to dpo, mean [95% bootstrap interval over prompts]:")
+        print(markdown_table(summary["paired_minus_dpo"]))
     print("\ntimings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     print(f"wrote {len(ev['models'])} model files and experiment.json to {args.results}")
     return 0
