@@ -130,6 +130,15 @@ def crpo_loss(pol_chosen, pol_rejected, ref_chosen, ref_rejected, *, beta=0.1, w
     return loss, stats
 
 
+def subsample(pairs, limit, seed, what, flag, log=print):
+    """At most `limit` of the pairs (0 = all), a seeded sample in the original order."""
+    if not 0 < limit < len(pairs):
+        return pairs
+    keep = sorted(random.Random(seed).sample(range(len(pairs)), limit))
+    log(f"using {limit:,} of the {len(pairs):,} {what} pairs ({flag})")
+    return [pairs[i] for i in keep]
+
+
 def learning_rate(step, *, lr, warmup_steps, total_steps):
     """Linear warmup, then linear decay to 0 at total_steps T (step t counts from 0):
     lr_t = lr * (t + 1) / W for t < W;  lr_t = lr * (T - t) / (T - W) after."""
@@ -180,6 +189,7 @@ def parse_args(argv=None):
     a("--length-balance", action="store_true", help="as many pairs with the longer chosen as shorter")
     a("--val-frac", type=float, default=0.1, help="fraction of prompts held out for validation")
     a("--max-val-pairs", type=int, default=512, help="validate on at most this many held-out pairs (0 = all)")
+    a("--max-train-pairs", type=int, default=0, help="train on a seeded sample of this many pairs (0 = all)")
     a("--max-len", type=int, default=512, help="tokens per sequence (prompt + response)")
     a("--seed", type=int, default=0)
     a("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -470,6 +480,9 @@ def train(args):
     log(data.pairs_summary(pair_stats))
     train_pairs, val_pairs = data.split_by_prompt(pairs, args.val_frac, args.seed)
     log(data.split_summary(train_pairs, val_pairs))
+    # fixed, seeded samples (before scoring, so only what is used gets scored): quick runs on big files
+    train_pairs = subsample(train_pairs, args.max_train_pairs, args.seed, "training", "--max-train-pairs", log)
+    val_pairs = subsample(val_pairs, args.max_val_pairs, args.seed, "held-out", "--max-val-pairs", log)
 
     # 2. models: policy, reference
     dtype = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
@@ -487,10 +500,6 @@ def train(args):
         + f" (on {args.weight_on})" if active else "none (plain DPO, c = 1)"))
 
     # 4. token ids (tokenize_pairs drops pairs left without a response: item["index"] says which remain)
-    if 0 < args.max_val_pairs < len(val_pairs):  # a fixed, seeded sample keeps validation cheap
-        keep = sorted(random.Random(args.seed).sample(range(len(val_pairs)), args.max_val_pairs))
-        log(f"validating on {len(keep):,} of the {len(val_pairs):,} held-out pairs (--max-val-pairs)")
-        val_pairs = [val_pairs[i] for i in keep]
     splits = {}
     for name, ps in (("train", train_pairs), ("val", val_pairs)):
         items, tok_stats = data.tokenize_pairs(ps, tokenizer, max_len=args.max_len) if ps else ([], None)
