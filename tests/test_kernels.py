@@ -43,14 +43,20 @@ def ref_grad_logits(z, labels, g, ignore_index=IGNORE):
     return (g.double() * valid)[:, None] * (onehot - p)
 
 
-def make_case(n, v, ignored, dtype, seed, scale=3.0):
-    gen = torch.Generator().manual_seed(seed)
-    z = (torch.randn(n, v, generator=gen) * scale).to(dtype)
+def random_labels(n, v, ignored, gen):
+    """Labels in [0, v), with none, every third, or all rows set to IGNORE."""
     y = torch.randint(0, v, (n,), generator=gen)
     if ignored == "some":
         y[torch.arange(n) % 3 == 1] = IGNORE
     elif ignored == "all":
         y[:] = IGNORE
+    return y
+
+
+def make_case(n, v, ignored, dtype, seed, scale=3.0):
+    gen = torch.Generator().manual_seed(seed)
+    z = (torch.randn(n, v, generator=gen) * scale).to(dtype)
+    y = random_labels(n, v, ignored, gen)
     g = torch.randn(n, generator=gen)
     return z, y, g
 
@@ -90,11 +96,7 @@ def make_linear_case(n, d, v, ignored, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     h = torch.randn(n, d, generator=gen).to(dtype)
     w = (torch.randn(v, d, generator=gen) * (2.0 / d**0.5)).to(dtype)
-    y = torch.randint(0, v, (n,), generator=gen)
-    if ignored == "some":
-        y[torch.arange(n) % 3 == 1] = IGNORE
-    elif ignored == "all":
-        y[:] = IGNORE
+    y = random_labels(n, v, ignored, gen)
     g = torch.randn(n, generator=gen)
     return h, w, y, g
 
