@@ -37,7 +37,6 @@ RATING_FIELDS = {  # canonical name -> accepted names, first present wins
     "language": ("language", "Language"),
     "dataset": ("dataset", "Dataset"),
 }
-CREATIVITY = ("novelty", "diversity", "surprise", "quality")
 EPS = 1e-9  # scores closer than this are equal; margins within this of min_margin pass (3.3 - 1.3 >= 2.0)
 
 
@@ -136,7 +135,7 @@ def _message_text(value, name, role):
     return _text(found, name)
 
 
-def _parse_rating(obj):
+def _parse_rating(obj, score_columns=()):
     row = {k: v for k, v in obj.items() if not any(k in names[1:] for names in RATING_FIELDS.values())}
     row["kind"] = "rating"
     row["prompt"] = _text(_field(obj, "prompt", RATING_FIELDS["prompt"]), "prompt")
@@ -147,13 +146,13 @@ def _parse_rating(obj):
             if obj.get(key) is not None:
                 row[name] = obj[key]
                 break
-    for name in CREATIVITY:
+    for name in score_columns:  # precomputed creativity scores (names from score.py's registry)
         if obj.get(name) is not None:
             row[name] = _number(obj[name], name, unit_range=True)
     return row
 
 
-def _parse_preference(obj):
+def _parse_preference(obj, score_columns=()):
     row = dict(obj)
     row["kind"] = "preference"
     if obj.get("prompt") is not None:
@@ -164,7 +163,7 @@ def _parse_preference(obj):
         _field(obj, "prompt")
     row["chosen"] = _message_text(_field(obj, "chosen"), "chosen", "assistant")
     row["rejected"] = _message_text(_field(obj, "rejected"), "rejected", "assistant")
-    for name in CREATIVITY:
+    for name in score_columns:
         for side in ("chosen", "rejected"):
             key = f"{name}_{side}"
             if obj.get(key) is not None:
@@ -175,7 +174,7 @@ def _parse_preference(obj):
     return row
 
 
-def read_rows(path, *, skip_bad_rows=False):
+def read_rows(path, *, skip_bad_rows=False, score_columns=()):
     """Read a JSON Lines file of rating or preference rows -> (rows, ReadReport).
 
     Each row is a dict with "kind" and "line" (1-based source line) added. A bad row (not UTF-8, not JSON,
@@ -183,6 +182,8 @@ def read_rows(path, *, skip_bad_rows=False):
     DataError("FILE:LINE: ...") or, with skip_bad_rows, is skipped and counted by reason. Rating rows with
     the same (prompt, response) (surrounding whitespace ignored) are merged into the first one:
     score = mean of their scores (creativity scores likewise), "merged_lines" lists the lines.
+    score_columns: names of precomputed creativity scores to read and check (in [0, 1]): `name` in rating
+    rows, `name_chosen` / `name_rejected` in preference rows (crpo.py and score.py pass score.DIMENSIONS).
     """
     path = str(path)
     try:
@@ -223,7 +224,8 @@ def read_rows(path, *, skip_bad_rows=False):
             if report.kind is not None and kind != report.kind:
                 raise _BadRow("other row kind", f"a {kind} row in a file of {report.kind} rows "
                                                 f"(one kind per file, set by the first good row)")
-            row = _parse_preference(obj) if kind == "preference" else _parse_rating(obj)
+            row = (_parse_preference(obj, score_columns) if kind == "preference"
+                   else _parse_rating(obj, score_columns))
         except _BadRow as bad:
             message = f"{path}:{lineno}: {bad.detail}"
             if not skip_bad_rows:
@@ -245,7 +247,7 @@ def read_rows(path, *, skip_bad_rows=False):
     for i, group in merged.items():  # mean over the duplicates of each numeric score they carry
         first = rows[i]
         first["score"] = sum(r["score"] for r in group) / len(group)
-        for name in CREATIVITY:
+        for name in score_columns:
             values = [r[name] for r in group if name in r]
             if values:
                 first[name] = sum(values) / len(values)
@@ -320,7 +322,7 @@ def _length_balance(pairs, seed, stats):
 
 
 def build_pairs(rows, *, min_margin=0.0, max_pairs_per_response=None, length_balance=False, seed=0,
-                source=None):
+                source=None, score_columns=()):
     """Preference pairs from rows -> (pairs, stats).
 
     Rating rows, per prompt group: every pair (a, b) with s_a > s_b and s_a - s_b >= min_margin becomes
@@ -352,7 +354,7 @@ def build_pairs(rows, *, min_margin=0.0, max_pairs_per_response=None, length_bal
                 continue
             p = {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
                  "score_chosen": r.get("score_chosen"), "score_rejected": r.get("score_rejected")}
-            p.update({k: r[k] for k in r if k.endswith(("_chosen", "_rejected")) and k.split("_")[0] in CREATIVITY})
+            p.update({k: r[k] for k in r if k.endswith(("_chosen", "_rejected")) and k.rsplit("_", 1)[0] in score_columns})
             pairs.append(p)
         stats.update(prompts=len({r["prompt"] for r in rows}), identical_dropped=identical)
     else:
@@ -379,7 +381,7 @@ def build_pairs(rows, *, min_margin=0.0, max_pairs_per_response=None, length_bal
                 a, b = group[chosen[k]], group[rejected[k]]
                 p = {"prompt": prompt, "chosen": a["response"], "rejected": b["response"],
                      "score_chosen": a["score"], "score_rejected": b["score"]}
-                for name in CREATIVITY:
+                for name in score_columns:
                     if name in a and name in b:
                         p[f"{name}_chosen"], p[f"{name}_rejected"] = a[name], b[name]
                 pairs.append(p)

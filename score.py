@@ -1,25 +1,30 @@
-"""Creativity scores for CrPO: novelty, diversity, surprise, quality (SPEC section 4).
+"""Creativity scores for CrPO: one registry of dimensions and their scorers, scoring of prompt groups, and
+the `python score.py` command line (SPEC section 4).
 
-Every score is computed per prompt group G (the unique responses to one prompt) and then min-max
-normalised inside the group to [0, 1]. e(t) is the encoder's unit-norm sentence embedding and
-d(u, v) = 1 - cos(u, v).
+Every score is computed per prompt group G (the unique responses to one prompt) and then normalised inside
+the group to [0, 1] (min-max by default, `--normalize rank` as an option). e(t) is the encoder's unit-norm
+sentence embedding and d(u, v) = 1 - cos(u, v) (the math lives in measures.py).
 
     diversity(r) = mean_{r' in G, r' != r} d(e(r), e(r'))                 ("inverse homogenisation")
     novelty(r)   = 2 |DSI(r) - DSI(C)|                                     (--novelty dsi, default)
                    DSI(t) = mean_{i<j} d(e(w_i), e(w_j)) over the unique lower-cased words w of t
                    C = the group's responses concatenated (or an external reference set)
+                 = the same, with a response of < 2 distinct words at the group's median (--novelty dsi-neutral)
                  = d(e(r), mean_{r' != r} e(r'))                           (--novelty centroid)
     surprise(r)  = exp(-(1/|r|) sum_t log p(r_t | prompt, r_<t)) under the reference LM   (--surprise lm)
+                 = -(1/|r|) sum_t log p(r_t | prompt, r_<t), mean token NLL            (--surprise nll)
                  = d(e(prompt), e(r))                                      (--surprise embedding)
     quality(r)   = p(Yes) / (p(Yes) + p(No)) of an instruct LM asked whether r is a sensible answer
                                                                            (--quality judge, default)
                  = reward model score head on the last token               (--quality rm PATH)
                  = a numeric field of the data                             (--quality field NAME)
 
+A new scorer is one function (groups, ctx) -> [raw values per group] under an @scorer line; a new
+dimension is one dimension(...) line plus its scorer. crpo.py's and score.py's flags come from the registry.
 Expensive values (sentence/word embeddings, perplexities, judge and reward scores) are cached on disk
-per (scorer, model, text) in a sqlite file, so a second run recomputes nothing.
+per (scorer, model, text) (cache.py), so a second run recomputes nothing.
 
-    python score.py --data ratings.jsonl --out scored.jsonl
+    python score.py --data ratings.jsonl --out scored.jsonl [--dims novelty,diversity,...]
 """
 import argparse
 import glob
@@ -27,174 +32,26 @@ import hashlib
 import json
 import math
 import os
-import re
-import sqlite3
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from safetensors import safe_open
 
 import data
+import model as checkpoint  # TEMP: until the split lands
+from cache import Cache, cache_name, cached_compute, chat_fingerprint, model_fingerprint, new_stats
+from measures import NORMALIZE, centroid_novelty, diversity, dsi_novelty, unit_rows, words
+from model import ModelError, load_encoder  # TEMP
 
-DIMS = ("novelty", "diversity", "surprise", "quality")
 JUDGE_QUESTION = (  # the prompt and response come last, so every response of a prompt shares the prefix
     "Is the answer below a sensible, well-formed answer to the prompt? Reply with Yes or No.\n\n"
     "Prompt: {prompt}\n"
     "Answer: {response}"
 )
-
-# --------------------------------------------------------------------------------------------------
-# On-disk cache
-
-
-def default_cache_dir():
-    return os.environ.get("CRPO_CACHE") or os.path.join(".cache", "crpo")
-
-
-class Cache:
-    """sqlite store: key = sha1(namespace, text) -> a float vector (a scalar score is a vector of length 1).
-
-    namespace = "<scorer>|<model name>|<weights hash>[|<chat-format hash>]", e.g. "surprise-lm|SmolLM2...|1a2b...|3c4d...".
-    """
-
-    def __init__(self, cache_dir=None):
-        self.dir = cache_dir or default_cache_dir()
-        os.makedirs(self.dir, exist_ok=True)
-        self.path = os.path.join(self.dir, "scores.sqlite")
-        self.db = sqlite3.connect(self.path, timeout=60)
-        self.db.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value BLOB)")
-        self.db.commit()
-
-    @staticmethod
-    def key(namespace, text):
-        return hashlib.sha1(f"{namespace}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()
-
-    def get(self, namespace, texts, dtype):
-        """-> {text: np.ndarray} for the texts found."""
-        keys = {self.key(namespace, t): t for t in texts}
-        found, key_list = {}, list(keys)
-        for i in range(0, len(key_list), 500):
-            chunk = key_list[i:i + 500]
-            sql = f"SELECT key, value FROM cache WHERE key IN ({','.join('?' * len(chunk))})"
-            for k, v in self.db.execute(sql, chunk):
-                found[keys[k]] = np.frombuffer(v, dtype=dtype)
-        return found
-
-    def put(self, namespace, items, dtype):
-        rows = [(self.key(namespace, t), np.asarray(v, dtype=dtype).tobytes()) for t, v in items]
-        self.db.executemany("INSERT OR REPLACE INTO cache VALUES (?, ?)", rows)
-        self.db.commit()
-
-
-def cached_compute(cache, namespace, keys, compute, *, dtype, desc, show_progress, stats):
-    """Values for the unique keys: read what the cache holds, compute the rest. compute(missing) yields
-    (keys, values) batch by batch; each batch is stored as soon as it is done. -> {key: np.ndarray}."""
-    unique = list(dict.fromkeys(keys))
-    found = cache.get(namespace, unique, dtype)
-    missing = [k for k in unique if k not in found]
-    stats["cached"][desc] = stats["cached"].get(desc, 0) + len(found)
-    stats["computed"][desc] = stats["computed"].get(desc, 0) + len(missing)
-    t0 = time.perf_counter()
-    with tqdm(total=len(missing), desc=desc, unit="text", disable=not show_progress or not missing) as bar:
-        if missing:
-            for chunk, values in compute(missing):
-                values = [np.asarray(v, dtype=dtype).reshape(-1) for v in values]
-                cache.put(namespace, zip(chunk, values), dtype)
-                found.update(zip(chunk, values))
-                bar.update(len(chunk))
-    stats["seconds"][desc] = stats["seconds"].get(desc, 0.0) + time.perf_counter() - t0
-    return found
-
-
-def model_fingerprint(model):
-    """A short hash of the weights, so that two checkpoints sharing a tokenizer name never share cache rows."""
-    h = hashlib.sha1()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            x = p.detach().float()
-            h.update(f"{name}{tuple(p.shape)}{x.sum().item():.6e}{x.abs().sum().item():.6e}".encode())
-    return h.hexdigest()[:12]
-
-
-def chat_fingerprint(tokenizer):
-    """A short hash of how the tokenizer turns a conversation into ids (chat template, default system
-    turn, vocabulary): the LM's scores depend on it, so it is part of their cache key."""
-    ids, start = tokenizer.chat("A prompt?", "A response.")
-    return hashlib.sha1(f"{ids}|{start}".encode()).hexdigest()[:8]
-
-
-# --------------------------------------------------------------------------------------------------
-# Embedding scorers (diversity, novelty, surprise embedding): O(n d) per group via sums of unit vectors
-
-
-def unit_rows(x):
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-300)
-
-
-def diversity(E):
-    """diversity_i = mean_{j != i} (1 - cos(e_i, e_j)) = 1 - (e_i . S - 1) / (n - 1), S = sum_j e_j,
-    e unit vectors [n, d]. One response: 0 (normalised to 0.5)."""
-    E = unit_rows(E)
-    n = len(E)
-    if n < 2:
-        return np.zeros(n)
-    return 1.0 - (E @ E.sum(0) - 1.0) / (n - 1)
-
-
-def centroid_novelty(E):
-    """novelty_i = 1 - cos(e_i, m_i), m_i = mean_{j != i} e_j = (S - e_i) / (n - 1). One response: 0."""
-    E = unit_rows(E)
-    n = len(E)
-    if n < 2:
-        return np.zeros(n)
-    M = (E.sum(0) - E) / (n - 1)
-    norms = np.linalg.norm(M, axis=1)
-    cos = np.where(norms > 0, (E * M).sum(1) / np.maximum(norms, 1e-300), 0.0)
-    return 1.0 - cos
-
-
-def words(text):
-    """The unique lower-cased words of a text, punctuation stripped ("Don't!" -> "dont"), in order."""
-    text = re.sub(r"['\u2019`]", "", text.lower())
-    return list(dict.fromkeys(re.findall(r"[^\W_]+", text)))
-
-
-def dsi(W):
-    """DSI = mean_{i<j} (1 - cos(w_i, w_j)) over k word vectors = 1 - (|sum_i w_i|^2 - k) / (k (k - 1))
-    for unit w_i; 0 when k < 2 (no pair)."""
-    W = unit_rows(W)
-    k = len(W)
-    if k < 2:
-        return 0.0
-    s = W.sum(0)
-    return float(1.0 - (s @ s - k) / (k * (k - 1)))
-
-
-def dsi_novelty(response_words, context_words, word_vectors):
-    """novelty_i = 2 |DSI(r_i) - DSI(C)|; C's words = union of the words of the context texts."""
-    dsi_c = dsi(np.stack([word_vectors[w] for w in context_words])) if context_words else 0.0
-    out = []
-    for ws in response_words:
-        d_r = dsi(np.stack([word_vectors[w] for w in ws])) if ws else 0.0
-        out.append(2.0 * abs(d_r - dsi_c))
-    return np.array(out)
-
-
-def minmax(values):
-    """s_i = (v_i - min v) / (max v - min v) in [0, 1]; 0.5 for all when the group has one response or
-    all values are equal (within 1e-9 relative)."""
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) == 0:
-        return v
-    lo, hi = v.min(), v.max()
-    if not hi - lo > 1e-9 * max(1.0, abs(lo), abs(hi)):
-        return np.full(len(v), 0.5)
-    return (v - lo) / (hi - lo)
-
 
 # --------------------------------------------------------------------------------------------------
 # LM scorers (surprise lm, quality judge, quality rm): per prompt, the shared chat prefix runs once
@@ -328,14 +185,11 @@ def judge(model, tokenizer, prompt, responses, batch_size=16, stats=None):
 def load_reward_model(path, device="cpu"):
     """A Llama-family sequence classifier: the transformer via model.load, plus `score.weight` [labels, D]
     read from the folder's safetensors. -> (model, tokenizer, score_weight)."""
-    import model as model_lib
-    from safetensors import safe_open
-
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     for f in files:
         with safe_open(f, framework="pt") as st:
             if "score.weight" in st.keys():
-                rm, tok = model_lib.load(path, device=device)
+                rm, tok = checkpoint.load(path, device=device)
                 return rm, tok, st.get_tensor("score.weight").float()
     raise data.DataError(f"{path}: no `score.weight` tensor in its *.safetensors (--quality rm needs a "
                          "Llama-family sequence-classification checkpoint with a score head)")
@@ -350,111 +204,100 @@ def reward(rm, tokenizer, score_weight, prompt, responses, batch_size=16, stats=
 
 
 # --------------------------------------------------------------------------------------------------
-# Scoring prompt groups
+# The registry: each dimension once, each scorer a function registered under (dimension, variant)
 
 
-def parse_quality(quality):
-    """"judge" | ("rm", PATH) | ("field", NAME), also written "rm PATH" / "field NAME"."""
-    if isinstance(quality, str):
-        quality = quality.split(None, 1)
-    quality = tuple(quality)
-    if quality == ("judge",) or (len(quality) == 2 and quality[0] in ("rm", "field")):
-        return quality
-    raise ValueError(f"quality must be 'judge', ('rm', PATH) or ('field', NAME), got {quality!r}")
+@dataclass
+class Dimension:
+    """A creativity dimension: crpo.py's --lambda-<name> and --score-<name>, score.py's --<name> come from here.
+    scorers: variant -> fn(groups, ctx) -> [raw np.ndarray per group]; arg: variant -> what its argument is."""
+    name: str
+    default_lambda: float
+    help: str
+    paper: bool = False  # one of the paper's four (score.py's default --dims)
+    scorers: dict = field(default_factory=dict)
+    arg: dict = field(default_factory=dict)
+    default: str | None = None
 
 
-def new_stats():
-    return {"groups": 0, "responses": 0, "single_response_groups": 0, "seconds": {}, "computed": {}, "cached": {},
-            "lm_tokens": 0, "lm_head_tokens": 0, "attention_pairs": 0, "encoder_tokens": 0}
+DIMENSIONS = {}
 
 
-def cache_name(m):
-    """What identifies a model in cache keys: its name plus a hash of its weights (when it has any)."""
-    return f"{m.name}|{model_fingerprint(m)}" if isinstance(m, torch.nn.Module) else str(m.name)
+def dimension(name, *, default_lambda=0.0, help="", paper=False):
+    """Register a dimension (call once; then register its scorers with @scorer)."""
+    DIMENSIONS[name] = Dimension(name, default_lambda, help, paper)
+    return DIMENSIONS[name]
 
 
-def score_groups(groups, dims=DIMS, *, model=None, tokenizer=None, encoder=None, cache_dir=None, novelty="dsi",
-                 surprise="lm", quality="judge", reference=None, batch_size=16, show_progress=True, stats=None):
-    """Raw and per-group normalised scores.
+def scorer(dim, variant, *, default=False, arg=None):
+    """Decorator: fn(groups, ctx) -> [raw np.ndarray per group] computes `dim` as `variant`. arg names the
+    variant's argument ("PATH", "NAME"; "[DIR]" = optional), written after the variant: `--quality rm PATH`."""
+    def register(fn):
+        d = DIMENSIONS[dim]
+        d.scorers[variant], d.arg[variant] = fn, arg
+        if default or d.default is None:
+            d.default = variant
+        return fn
+    return register
 
-    groups: [{"prompt": str, "responses": [unique str], "field": [float] (only for quality field)}].
-    reference: None, a list of texts (C for every prompt) or {prompt: [texts]} (a prompt it lacks uses all
-    of its texts): the set C of DSI novelty in place of the group itself.
-    model/tokenizer (the reference LM, also the judge) and encoder: loaded (embedded defaults) when None
-    and needed. -> ([{dim: normalised np.ndarray, "<dim>_raw": raw np.ndarray} per group], stats).
-    """
-    dims = list(dims)
-    for d in dims:
-        if d not in DIMS:
-            raise ValueError(f"unknown score {d!r}; choose from {DIMS}")
-    if novelty not in ("dsi", "centroid"):
-        raise ValueError(f"novelty must be 'dsi' or 'centroid', got {novelty!r}")
-    if surprise not in ("lm", "embedding"):
-        raise ValueError(f"surprise must be 'lm' or 'embedding', got {surprise!r}")
-    quality = parse_quality(quality) if "quality" in dims else None
-    stats = stats or new_stats()
-    stats["groups"] += len(groups)
-    stats["responses"] += sum(len(g["responses"]) for g in groups)
-    stats["single_response_groups"] += sum(len(g["responses"]) == 1 for g in groups)
-    t_start = time.perf_counter()
-    cache = Cache(cache_dir)
-    progress = dict(show_progress=show_progress, stats=stats)
-    option = {"novelty": novelty, "diversity": "diversity", "surprise": surprise, "quality": quality}
-    want = {d: option[d] for d in dims}  # dim -> the scorer that computes it
-    raw = [{} for _ in groups]
 
-    need_encoder = "diversity" in want or "novelty" in want or want.get("surprise") == "embedding"
-    need_lm = want.get("surprise") == "lm" or want.get("quality") == ("judge",)
-    if (need_encoder and encoder is None) or (need_lm and model is None):
-        import model as model_lib
-        if need_encoder and encoder is None:
-            encoder = model_lib.load_encoder(None)
-        if need_lm and model is None:
-            model, tokenizer = model_lib.load(None)
+def paper_dims():
+    return [d for d, spec in DIMENSIONS.items() if spec.paper]
 
-    def embed(texts, desc):
-        """{text: unit embedding}, each unique text embedded once (and cached)."""
-        def compute(missing):
-            missing = sorted(missing, key=len)  # similar lengths together: little padding
-            for i in range(0, len(missing), 256):
-                chunk = missing[i:i + 256]
-                if hasattr(encoder, "tok"):
-                    stats["encoder_tokens"] += sum(len(e.ids) for e in encoder.tok.encode_batch(chunk))
-                yield chunk, encoder.embed(chunk, batch_size=64).float().cpu().numpy()
-        return cached_compute(cache, f"embed|{cache_name(encoder)}", texts, compute, dtype=np.float32, desc=desc,
-                              **progress)
 
-    def stack(vectors, texts):
-        return np.stack([vectors[t] for t in texts])
+def parse_variant(dim, spec=None):
+    """"judge" | "rm PATH" | ("rm", PATH) | None (the default) -> (variant, argument or None)."""
+    d = DIMENSIONS[dim]
+    parts = tuple(spec.split(None, 1) if isinstance(spec, str) else spec or (d.default,))
+    variant, arg = parts[0], (parts[1] if len(parts) > 1 else None)
+    need = d.arg.get(variant)
+    if variant not in d.scorers or len(parts) > 2 or (arg is None and need and not need.startswith("[")) \
+            or (arg is not None and not need):
+        choices = ", ".join(v + (f" {d.arg[v]}" if d.arg[v] else "") for v in d.scorers)
+        raise ValueError(f"{dim}: {' '.join(map(str, parts))!r} is not a scorer (choose from: {choices})")
+    return variant, arg
 
-    if {"diversity", "centroid", "embedding"} & set(want.values()):
-        texts = [r for g in groups for r in g["responses"]]
-        if want.get("surprise") == "embedding":
-            texts += [g["prompt"] for g in groups]
-        sentence = embed(texts, "embed texts")
-        for g, out in zip(groups, raw):
-            E = stack(sentence, g["responses"])
-            if "diversity" in want:
-                out["diversity"] = diversity(E)
-            if want.get("novelty") == "centroid":
-                out["novelty"] = centroid_novelty(E)
-            if want.get("surprise") == "embedding":
-                out["surprise"] = 1.0 - unit_rows(E) @ unit_rows(sentence[g["prompt"]])
 
-    if want.get("novelty") == "dsi":
-        if isinstance(reference, dict):
-            everything = [t for ts in reference.values() for t in ts]
-            contexts = [reference.get(g["prompt"], everything) for g in groups]
-        else:
-            contexts = [g["responses"] if reference is None else list(reference) for g in groups]
-        text_words = {t: words(t) for ts in [g["responses"] for g in groups] + contexts for t in ts}
-        vocab = list(dict.fromkeys(w for ws in text_words.values() for w in ws))  # embedded once, all groups
-        word_vectors = embed(vocab, "embed words")
-        for g, context, out in zip(groups, contexts, raw):
-            context_words = list(dict.fromkeys(w for t in context for w in text_words[t]))
-            out["novelty"] = dsi_novelty([text_words[r] for r in g["responses"]], context_words, word_vectors)
+def embed_texts(encoder, texts, *, cache_dir=None, cache=None, desc="embed texts", show_progress=True, stats=None):
+    """{text: e(text)} (unit-norm float32), each unique text embedded once and cached on disk."""
+    stats = stats if stats is not None else new_stats()
 
-    def per_response(dim, namespace, desc, fn):
+    def compute(missing):
+        missing = sorted(missing, key=len)  # similar lengths together: little padding
+        for i in range(0, len(missing), 256):
+            chunk = missing[i:i + 256]
+            if hasattr(encoder, "tok"):
+                stats["encoder_tokens"] += sum(len(e.ids) for e in encoder.tok.encode_batch(chunk))
+            yield chunk, encoder.embed(chunk, batch_size=64).float().cpu().numpy()
+    return cached_compute(cache or Cache(cache_dir), f"embed|{cache_name(encoder)}", texts, compute, dtype=np.float32,
+                          desc=desc, show_progress=show_progress, stats=stats)
+
+
+@dataclass
+class Context:
+    """What scorers share: the cache, the models (the embedded defaults are loaded on first use), options."""
+    cache: Cache
+    stats: dict
+    model: object = None  # the reference LM (also the judge)
+    tokenizer: object = None
+    encoder: object = None
+    reference: object = None  # None, [texts] or {prompt: [texts]}: DSI novelty's C in place of each group
+    batch_size: int = 16
+    show_progress: bool = True
+    arg: str | None = None  # the variant's argument (rm PATH, field NAME)
+
+    def lm(self):
+        if self.model is None:
+            self.model, self.tokenizer = checkpoint.load(None)
+        return self.model, self.tokenizer
+
+    def embed(self, texts, desc):
+        if self.encoder is None:
+            self.encoder = load_encoder(None)
+        return embed_texts(self.encoder, texts, cache=self.cache, desc=desc, show_progress=self.show_progress,
+                           stats=self.stats)
+
+    def per_response(self, groups, namespace, desc, fn):
         """A cached value per (prompt, response); fn(prompt, responses) yields (indices, values) per batch."""
         keys = [[json.dumps([g["prompt"], r], ensure_ascii=False) for r in g["responses"]] for g in groups]
 
@@ -467,35 +310,155 @@ def score_groups(groups, dims=DIMS, *, model=None, tokenizer=None, encoder=None,
                 for idx, values in fn(prompt, [r for _, r in items]):
                     yield [items[i][0] for i in idx], values
 
-        values = cached_compute(cache, namespace, [k for ks in keys for k in ks], compute, dtype=np.float64,
-                                desc=desc, **progress)
-        for ks, out in zip(keys, raw):
-            out[dim] = np.array([values[k][0] for k in ks])
+        values = cached_compute(self.cache, namespace, [k for ks in keys for k in ks], compute, dtype=np.float64,
+                                desc=desc, show_progress=self.show_progress, stats=self.stats)
+        return [np.array([values[k][0] for k in ks]) for ks in keys]
 
-    if need_lm:
-        lm_name = f"{tokenizer.name}|{model_fingerprint(model)}|{chat_fingerprint(tokenizer)}"
-    if want.get("surprise") == "lm":
-        per_response("surprise", f"surprise-lm|{lm_name}", "surprise (lm)",
-                     lambda p, rs: perplexity(model, tokenizer, p, rs, batch_size, stats))
-    if want.get("quality") == ("judge",):
-        question = hashlib.sha1(JUDGE_QUESTION.encode()).hexdigest()[:8]
-        per_response("quality", f"quality-judge|{lm_name}|{question}", "quality (judge)",
-                     lambda p, rs: judge(model, tokenizer, p, rs, batch_size, stats))
-    if quality and quality[0] == "rm":
-        device = next(model.parameters()).device if model is not None else "cpu"
-        rm, rm_tokenizer, w = load_reward_model(quality[1], device=device)
-        head = hashlib.sha1(w.numpy().tobytes()).hexdigest()[:8]
-        rm_name = f"{rm_tokenizer.name}|{model_fingerprint(rm)}|{chat_fingerprint(rm_tokenizer)}|{head}"
-        per_response("quality", f"quality-rm|{rm_name}", "quality (rm)",
-                     lambda p, rs: reward(rm, rm_tokenizer, w, p, rs, batch_size, stats))
-    if quality and quality[0] == "field":
-        for g, out in zip(groups, raw):
-            out["quality"] = np.asarray(g["field"], dtype=np.float64)
+    def lm_name(self, model, tokenizer):
+        return f"{tokenizer.name}|{model_fingerprint(model)}|{chat_fingerprint(tokenizer)}"
 
+
+# --------------------------------------------------------------------------------------------------
+# The scorers. A new one: a function (groups, ctx) -> [raw values per group] and its @scorer line.
+
+dimension("diversity", default_lambda=1.0, paper=True, help="mean embedding distance to the group's other responses")
+dimension("novelty", default_lambda=1.0, paper=True, help="distance of the response's semantic spread from its group's")
+dimension("surprise", default_lambda=1.0, paper=True, help="how unexpected the response is given the prompt")
+dimension("quality", default_lambda=0.0, paper=True, help="whether the response is a sensible answer")
+
+
+def _sentences(groups, ctx):
+    sentence = ctx.embed([r for g in groups for r in g["responses"]], "embed texts")
+    return [np.stack([sentence[r] for r in g["responses"]]) for g in groups]
+
+
+@scorer("diversity", "embedding", default=True)
+def diversity_scorer(groups, ctx):
+    return [diversity(E) for E in _sentences(groups, ctx)]
+
+
+@scorer("novelty", "centroid")
+def centroid_scorer(groups, ctx):
+    return [centroid_novelty(E) for E in _sentences(groups, ctx)]
+
+
+def _dsi_novelty(groups, ctx):
+    reference = ctx.reference
+    if isinstance(reference, dict):
+        everything = [t for ts in reference.values() for t in ts]
+        contexts = [reference.get(g["prompt"], everything) for g in groups]
+    else:
+        contexts = [g["responses"] if reference is None else list(reference) for g in groups]
+    text_words = {t: words(t) for ts in [g["responses"] for g in groups] + contexts for t in ts}
+    vocab = list(dict.fromkeys(w for ws in text_words.values() for w in ws))  # embedded once, all groups
+    word_vectors = ctx.embed(vocab, "embed words")
+    out = []
+    for g, context in zip(groups, contexts):
+        context_words = list(dict.fromkeys(w for t in context for w in text_words[t]))
+        out.append((dsi_novelty([text_words[r] for r in g["responses"]], context_words, word_vectors),
+                    np.array([len(text_words[r]) >= 2 for r in g["responses"]])))
+    return out
+
+
+@scorer("novelty", "dsi", default=True)
+def dsi_scorer(groups, ctx):
+    return [v for v, _ in _dsi_novelty(groups, ctx)]
+
+
+@scorer("novelty", "dsi-neutral")
+def dsi_neutral_scorer(groups, ctx):
+    """DSI novelty, except that a response of fewer than two distinct words (no word pair: DSI undefined, which
+    the paper's definition turns into DSI 0 and so the group's largest novelty) gets the median novelty of the
+    group's measurable responses: neither rewarded nor penalised for being short."""
+    out = []
+    for v, measurable in _dsi_novelty(groups, ctx):
+        fill = np.median(v[measurable]) if measurable.any() else 0.0
+        out.append(np.where(measurable, v, fill))
+    return out
+
+
+@scorer("surprise", "lm", default=True)
+def lm_surprise_scorer(groups, ctx):
+    model, tokenizer = ctx.lm()
+    return ctx.per_response(groups, f"surprise-lm|{ctx.lm_name(model, tokenizer)}", "surprise (lm)",
+                            lambda p, rs: perplexity(model, tokenizer, p, rs, ctx.batch_size, ctx.stats))
+
+
+@scorer("surprise", "nll")
+def nll_surprise_scorer(groups, ctx):
+    """Mean token NLL = log perplexity: the same ranking, without perplexity's long right tail."""
+    return [np.log(v) for v in lm_surprise_scorer(groups, ctx)]
+
+
+@scorer("surprise", "embedding")
+def embedding_surprise_scorer(groups, ctx):
+    sentence = ctx.embed([r for g in groups for r in g["responses"]] + [g["prompt"] for g in groups], "embed texts")
+    return [1.0 - unit_rows(np.stack([sentence[r] for r in g["responses"]])) @ unit_rows(sentence[g["prompt"]])
+            for g in groups]
+
+
+@scorer("quality", "judge", default=True)
+def judge_scorer(groups, ctx):
+    model, tokenizer = ctx.lm()
+    question = hashlib.sha1(JUDGE_QUESTION.encode()).hexdigest()[:8]
+    return ctx.per_response(groups, f"quality-judge|{ctx.lm_name(model, tokenizer)}|{question}", "quality (judge)",
+                            lambda p, rs: judge(model, tokenizer, p, rs, ctx.batch_size, ctx.stats))
+
+
+@scorer("quality", "rm", arg="PATH")
+def reward_model_scorer(groups, ctx):
+    device = next(ctx.model.parameters()).device if ctx.model is not None else "cpu"
+    rm, rm_tokenizer, w = load_reward_model(ctx.arg, device=device)
+    head = hashlib.sha1(w.numpy().tobytes()).hexdigest()[:8]
+    return ctx.per_response(groups, f"quality-rm|{ctx.lm_name(rm, rm_tokenizer)}|{head}", "quality (rm)",
+                            lambda p, rs: reward(rm, rm_tokenizer, w, p, rs, ctx.batch_size, ctx.stats))
+
+
+@scorer("quality", "field", arg="NAME")
+def field_scorer(groups, ctx):
+    return [np.asarray(g["field"], dtype=np.float64) for g in groups]
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring prompt groups, rows and pairs
+
+
+def score_groups(groups, dims=None, *, model=None, tokenizer=None, encoder=None, cache_dir=None, reference=None,
+                 normalize="minmax", batch_size=16, show_progress=True, stats=None, **variants):
+    """Raw and per-group normalised scores of the dimensions `dims` (default: the paper's four).
+
+    groups: [{"prompt": str, "responses": [unique str], "field": [float] (only for quality field)}].
+    variants: dim=spec, e.g. novelty="centroid", quality="rm PATH" (default: each dimension's default scorer).
+    reference: None, a list of texts (C for every prompt) or {prompt: [texts]} (a prompt it lacks uses all
+    of its texts): the set C of DSI novelty in place of the group itself.
+    normalize: "minmax" (default) or "rank" (robust to outliers such as typo perplexities).
+    model/tokenizer (the reference LM, also the judge) and encoder: loaded (embedded defaults) when None
+    and needed. -> ([{dim: normalised np.ndarray, "<dim>_raw": raw np.ndarray} per group], stats).
+    """
+    dims = paper_dims() if dims is None else list(dims)
+    for d in dims:
+        if d not in DIMENSIONS:
+            raise ValueError(f"unknown score {d!r}; choose from {', '.join(DIMENSIONS)}")
+    for d in variants:
+        if d not in DIMENSIONS:
+            raise TypeError(f"score_groups() got an unexpected keyword argument {d!r}")
+    if normalize not in NORMALIZE:
+        raise ValueError(f"normalize must be one of {', '.join(NORMALIZE)}, not {normalize!r}")
+    chosen = {d: parse_variant(d, variants.get(d)) for d in dims}
+    stats = stats or new_stats()
+    stats["groups"] += len(groups)
+    stats["responses"] += sum(len(g["responses"]) for g in groups)
+    stats["single_response_groups"] += sum(len(g["responses"]) == 1 for g in groups)
+    t_start = time.perf_counter()
+    ctx = Context(Cache(cache_dir), stats, model, tokenizer, encoder, reference, batch_size, show_progress)
+    raw = {}
+    for d, (variant, arg) in chosen.items():
+        ctx.arg = arg
+        raw[d] = DIMENSIONS[d].scorers[variant](groups, ctx)
     results = []
-    for out in raw:
-        res = {d: minmax(out[d]) for d in dims}
-        res.update({f"{d}_raw": out[d] for d in dims})
+    for i in range(len(groups)):
+        res = {d: NORMALIZE[normalize](raw[d][i]) for d in dims}
+        res.update({f"{d}_raw": np.asarray(raw[d][i], dtype=np.float64) for d in dims})
         results.append(res)
     stats["seconds"]["total"] = stats["seconds"].get("total", 0.0) + time.perf_counter() - t_start
     return results, stats
@@ -509,9 +472,19 @@ def _field_value(row, name, source):
     return float(v)
 
 
-def _score_items(items, dims, field_name, source, kw):
+def _field_name(dims, variants):
+    """NAME of quality's `field NAME` scorer when it is in use, else None."""
+    if "quality" not in dims:
+        return None
+    variant, arg = parse_variant("quality", variants.get("quality"))
+    return arg if variant == "field" else None
+
+
+def _score_items(items, dims, source, kw):
     """items: [(prompt, response, row, out_key_suffix)]. Groups by prompt (first-seen order), G = the
     unique responses; scores them; writes row[dim + suffix] for every item."""
+    dims = paper_dims() if dims is None else list(dims)
+    field_name = _field_name(dims, {d: kw[d] for d in DIMENSIONS if d in kw})
     groups = {}
     for prompt, response, row, suffix in items:
         g = groups.setdefault(prompt, {"prompt": prompt, "responses": {}})
@@ -528,28 +501,18 @@ def _score_items(items, dims, field_name, source, kw):
     return stats
 
 
-def _field_name(quality):
-    q = parse_quality(quality)
-    return q[1] if q[0] == "field" else None
-
-
-def score_rows(rows, dims=DIMS, *, source=None, **kw):
+def score_rows(rows, dims=None, *, source=None, **kw):
     """Rating rows {"prompt", "response", ...}: the group is all responses to a prompt; adds row[dim]
-    (normalised per prompt) in place. quality ("field", NAME) reads row[NAME]. kw: as score_groups. -> stats."""
-    items = [(r["prompt"], r["response"], r, "") for r in rows]
-    return _score_items(items, dims, _field_name(kw.get("quality", "judge")), source, kw)
+    (normalised per prompt) in place. quality "field NAME" reads row[NAME]. kw: as score_groups. -> stats."""
+    return _score_items([(r["prompt"], r["response"], r, "") for r in rows], dims, source, kw)
 
 
-def score_pairs(pairs, dims=DIMS, *, model, tokenizer, encoder=None, cache_dir=None, novelty="dsi", surprise="lm",
-                quality="judge", reference=None, show_progress=True, batch_size=16, source=None):
+def score_pairs(pairs, dims=None, *, source=None, **kw):
     """Pairs {"prompt", "chosen", "rejected", ...}: the group is the unique responses in that prompt's
-    pairs; adds pair["<dim>_chosen"], pair["<dim>_rejected"] in place. quality ("field", NAME) reads
-    pair["NAME_chosen"] / pair["NAME_rejected"] (NAME = "score": the human ratings). -> stats."""
+    pairs; adds pair["<dim>_chosen"], pair["<dim>_rejected"] in place. quality "field NAME" reads
+    pair["NAME_chosen"] / pair["NAME_rejected"] (NAME = "score": the human ratings). kw: as score_groups. -> stats."""
     items = [(p["prompt"], p[side], p, f"_{side}") for p in pairs for side in ("chosen", "rejected")]
-    kw = dict(model=model, tokenizer=tokenizer, encoder=encoder, cache_dir=cache_dir, novelty=novelty,
-              surprise=surprise, quality=quality, reference=reference, show_progress=show_progress,
-              batch_size=batch_size)
-    return _score_items(items, dims, _field_name(quality), source, kw)
+    return _score_items(items, dims, source, kw)
 
 
 def summary(stats):
@@ -602,55 +565,81 @@ def output_rows(path, rows, keys):
     return out, left_out
 
 
+def add_scorer_flags(ap, prefix=""):
+    """--<prefix><dim> VARIANT [ARG] for every registered dimension, with its choices and default in the help."""
+    for name, d in DIMENSIONS.items():
+        choices = " | ".join(v + (f" {d.arg[v]}" if d.arg[v] else "") for v in d.scorers)
+        ap.add_argument(f"--{prefix}{name}", nargs="+", default=[d.default], metavar="VARIANT",
+                        help=f"{name} scorer: {choices} (default: {d.default})")
+    ap.add_argument(f"--{prefix}normalize", choices=tuple(NORMALIZE), default="minmax",
+                    help="per-prompt normalisation to [0, 1]")
+
+
+def scorer_options(args, prefix=""):
+    """{dim: "VARIANT [ARG]"} from the flags add_scorer_flags made; ValueError names a bad one."""
+    options = {}
+    for name in DIMENSIONS:
+        spec = " ".join(getattr(args, f"{prefix}{name}".replace("-", "_")))
+        parse_variant(name, spec)
+        options[name] = spec
+    return options
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Add novelty, diversity, surprise, quality (each in [0, 1], normalised "
-                                             "per prompt) to every row of a JSON Lines file.")
-    ap.add_argument("--data", required=True, help="rating or preference rows (JSON Lines)")
+    ap = argparse.ArgumentParser(description="Add creativity scores (each in [0, 1], normalised per prompt) to every "
+                                             "row of a JSON Lines file.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--data", required=True, help="rating or preference rows (JSON Lines, .jsonl or .jsonl.gz)")
     ap.add_argument("--out", required=True, help="output JSON Lines: every input row, in order, with the scores")
-    ap.add_argument("--novelty", choices=("dsi", "centroid"), default="dsi")
-    ap.add_argument("--surprise", choices=("lm", "embedding"), default="lm")
-    ap.add_argument("--quality", nargs="+", default=["judge"], metavar="judge | rm PATH | field NAME")
+    ap.add_argument("--dims", default=",".join(paper_dims()),
+                    help=f"comma-separated dimensions to add (registered: {', '.join(DIMENSIONS)})")
+    add_scorer_flags(ap)
     ap.add_argument("--reference", help="reference responses (JSON Lines) for DSI novelty, in place of each group")
     ap.add_argument("--model", help="reference LM and judge (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--encoder", help="sentence encoder folder (default: the embedded all-MiniLM-L6-v2)")
-    ap.add_argument("--cache-dir", help="default: $CRPO_CACHE or .cache/crpo")
+    ap.add_argument("--cache-dir", help="score cache (default: $CRPO_CACHE or .cache/crpo)")
     ap.add_argument("--batch-size", type=int, default=16, help="sequences per LM forward pass")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-bad-rows", action="store_true")
     args = ap.parse_args(argv)
+    dims = [d.strip() for d in args.dims.split(",") if d.strip()]
     try:
-        quality = parse_quality(args.quality)
+        unknown = [d for d in dims if d not in DIMENSIONS]
+        if unknown or not dims:
+            raise ValueError(f"--dims {args.dims!r}: unknown {', '.join(unknown) or 'empty'} "
+                             f"(registered: {', '.join(DIMENSIONS)})")
+        if args.batch_size < 1:
+            raise ValueError("--batch-size must be >= 1")
+        options = {d: v for d, v in scorer_options(args).items() if d in dims}
     except ValueError as e:
         ap.error(str(e))
-    import model as model_lib
 
     t0 = time.perf_counter()
     try:
-        rows, report = data.read_rows(args.data, skip_bad_rows=args.skip_bad_rows)
+        rows, report = data.read_rows(args.data, skip_bad_rows=args.skip_bad_rows, score_columns=list(DIMENSIONS))
         print(report.summary())
         reference = read_reference(args.reference, args.skip_bad_rows) if args.reference else None
-        lm = tokenizer = None
-        if args.surprise == "lm" or quality == ("judge",):
-            lm, tokenizer = model_lib.load(args.model, device=args.device)
-        encoder = model_lib.load_encoder(args.encoder, device=args.device)
-        print(f"models loaded in {time.perf_counter() - t0:.1f} s")
-        kw = dict(model=lm, tokenizer=tokenizer, encoder=encoder, cache_dir=args.cache_dir, novelty=args.novelty,
-                  surprise=args.surprise, quality=quality, reference=reference, batch_size=args.batch_size,
-                  source=args.data)
+        lm = tokenizer = encoder = None
+        if args.model:
+            lm, tokenizer = checkpoint.load(args.model, device=args.device)
+        if args.encoder:
+            encoder = load_encoder(args.encoder, device=args.device)
+        kw = dict(model=lm, tokenizer=tokenizer, encoder=encoder, cache_dir=args.cache_dir, reference=reference,
+                  batch_size=args.batch_size, source=args.data, normalize=args.normalize, **options)
         if report.kind == "preference":
-            stats = score_pairs(rows, DIMS, **kw)
-            keys = [f"{d}_{side}" for d in DIMS for side in ("chosen", "rejected")]
+            stats = score_pairs(rows, dims, **kw)
+            keys = [f"{d}_{side}" for d in dims for side in ("chosen", "rejected")]
         else:
-            stats = score_rows(rows, DIMS, **kw)
-            keys = list(DIMS)
+            stats = score_rows(rows, dims, **kw)
+            keys = dims
         out, left_out = output_rows(args.data, rows, keys)
-    except (data.DataError, model_lib.ModelError) as e:
+    except (data.DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    tmp = args.out + ".tmp"
+    tmp = args.out + ".tmp"  # TEMP until files.py lands
     with open(tmp, "w", encoding="utf-8") as f:
         for obj in out:
-            line = json.dumps(obj, ensure_ascii=False)  # U+2028/9 escaped: other readers split lines on them
+            line = json.dumps(obj, ensure_ascii=False)
             f.write(line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") + "\n")
     os.replace(tmp, args.out)
     print(summary(stats))

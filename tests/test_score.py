@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import data
+import measures
 import model as modeling
 from fakes import ByteTokenizer, tiny_model
 import score
@@ -94,7 +95,7 @@ def test_diversity_and_centroid_on_hand_vectors(tmp_path):
     np.testing.assert_allclose(res["novelty_raw"], want, rtol=1e-6)
     # a concrete number: a against b, c, d -> (1 + (1 - 1/sqrt 2) + (1 - 0.2/|d|)) / 3
     d_norm = math.sqrt(0.04 + 0.25 + 9.0)
-    assert score.diversity(np.array(vec))[0] == pytest.approx((1 + (1 - 1 / math.sqrt(2)) + (1 - 0.2 / d_norm)) / 3, abs=1e-12)
+    assert measures.diversity(np.array(vec))[0] == pytest.approx((1 + (1 - 1 / math.sqrt(2)) + (1 - 0.2 / d_norm)) / 3, abs=1e-12)
 
 
 def test_surprise_embedding_is_prompt_distance(tmp_path):
@@ -108,8 +109,8 @@ def test_surprise_embedding_is_prompt_distance(tmp_path):
 
 def test_words_and_dsi_on_a_short_text(tmp_path):
     text = "The cat, the DOG! And a cat's hat."
-    assert score.words(text) == ["the", "cat", "dog", "and", "a", "cats", "hat"]
-    assert score.words("Don't stop—now 🙂") == ["dont", "stop", "now"]
+    assert measures.words(text) == ["the", "cat", "dog", "and", "a", "cats", "hat"]
+    assert measures.words("Don't stop—now 🙂") == ["dont", "stop", "now"]
     other = "A bird sings"
     enc = FakeEncoder(dim=16)
     [res], _ = score.score_groups(groups_of([("p", [text, other])]), ["novelty"], encoder=enc, cache_dir=tmp_path,
@@ -119,7 +120,7 @@ def test_words_and_dsi_on_a_short_text(tmp_path):
         pairs = list(itertools.combinations(ws, 2))
         return sum(one_minus_cos(enc.vector(u), enc.vector(v)) for u, v in pairs) / len(pairs) if pairs else 0.0
 
-    w1, w2 = score.words(text), score.words(other)
+    w1, w2 = measures.words(text), measures.words(other)
     context = list(dict.fromkeys(w1 + w2))
     want = [2 * abs(dsi(w1) - dsi(context)), 2 * abs(dsi(w2) - dsi(context))]
     np.testing.assert_allclose(res["novelty_raw"], want, rtol=1e-6)
@@ -129,27 +130,27 @@ def test_words_and_dsi_on_a_short_text(tmp_path):
     ref = ["zebra crossing quietly", "hat and cat"]
     [res], _ = score.score_groups(groups_of([("p", [text, other])]), ["novelty"], encoder=enc, cache_dir=tmp_path,
                                   reference={"p": ref}, show_progress=False)
-    c = list(dict.fromkeys(w for t in ref for w in score.words(t)))
+    c = list(dict.fromkeys(w for t in ref for w in measures.words(t)))
     np.testing.assert_allclose(res["novelty_raw"], [2 * abs(dsi(w1) - dsi(c)), 2 * abs(dsi(w2) - dsi(c))], rtol=1e-6)
     # a one-word text has no pair: DSI 0
-    assert score.dsi(np.ones((1, 4))) == 0.0
+    assert measures.dsi(np.ones((1, 4))) == 0.0
 
 
 def test_minmax_edge_cases():
-    np.testing.assert_array_equal(score.minmax([7.0]), [0.5])
-    np.testing.assert_array_equal(score.minmax([2.0, 2.0, 2.0]), [0.5, 0.5, 0.5])
-    np.testing.assert_allclose(score.minmax([1.0, 3.0, 2.0]), [0.0, 1.0, 0.5])
-    np.testing.assert_allclose(score.minmax([-4.0, 6.0]), [0.0, 1.0])
-    assert len(score.minmax([])) == 0
+    np.testing.assert_array_equal(measures.minmax([7.0]), [0.5])
+    np.testing.assert_array_equal(measures.minmax([2.0, 2.0, 2.0]), [0.5, 0.5, 0.5])
+    np.testing.assert_allclose(measures.minmax([1.0, 3.0, 2.0]), [0.0, 1.0, 0.5])
+    np.testing.assert_allclose(measures.minmax([-4.0, 6.0]), [0.0, 1.0])
+    assert len(measures.minmax([])) == 0
 
 
 def test_one_response_and_all_equal_groups_get_half(tmp_path):
     enc = FakeEncoder({"same1": [1, 2, 3], "same2": [2, 4, 6], "solo": [0, 0, 1]})
     m, tok = tiny_model(), ByteTokenizer()
     groups = groups_of([("p1", ["solo"]), ("p2", ["same1", "same2"])])
-    results, stats = score.score_groups(groups, score.DIMS, model=m, tokenizer=tok, encoder=enc, cache_dir=tmp_path,
+    results, stats = score.score_groups(groups, score.paper_dims(), model=m, tokenizer=tok, encoder=enc, cache_dir=tmp_path,
                                         show_progress=False)
-    for d in score.DIMS:
+    for d in score.paper_dims():
         assert results[0][d].tolist() == [0.5]
     # same direction: diversity 0 and centroid distance 0 for both -> all equal -> 0.5
     assert results[1]["diversity"].tolist() == [0.5, 0.5]
@@ -231,11 +232,11 @@ def test_second_call_is_served_from_the_cache(tmp_path):
     enc, m, tok = FakeEncoder(dim=8), tiny_model(), ByteTokenizer()
     counter = CountingModel(m)
     groups = groups_of([("p one", ["alpha beta", "gamma", "delta epsilon zeta"]), ("p two", ["eta", "theta iota"])])
-    first, s1 = score.score_groups(groups, score.DIMS, model=m, tokenizer=tok, encoder=enc, cache_dir=tmp_path,
+    first, s1 = score.score_groups(groups, score.paper_dims(), model=m, tokenizer=tok, encoder=enc, cache_dir=tmp_path,
                                    show_progress=False)
     assert enc.calls > 0 and counter.calls > 0
     enc.calls, counter.calls = 0, 0
-    second, s2 = score.score_groups(groups, score.DIMS, model=m, tokenizer=tok, encoder=enc, cache_dir=tmp_path,
+    second, s2 = score.score_groups(groups, score.paper_dims(), model=m, tokenizer=tok, encoder=enc, cache_dir=tmp_path,
                                     show_progress=False)
     assert enc.calls == 0 and counter.calls == 0
     assert sum(s2["computed"].values()) == 0
@@ -246,7 +247,7 @@ def test_second_call_is_served_from_the_cache(tmp_path):
             np.testing.assert_array_equal(a[k], b[k])
     # another prompt with a known response: only the new (prompt, response) pairs reach the LM, only new words the encoder
     enc.texts = []
-    score.score_groups(groups_of([("p three", ["gamma", "new words here"])]), score.DIMS, model=m, tokenizer=tok,
+    score.score_groups(groups_of([("p three", ["gamma", "new words here"])]), score.paper_dims(), model=m, tokenizer=tok,
                        encoder=enc, cache_dir=tmp_path, show_progress=False)
     assert sorted(enc.texts) == sorted(["new words here", "new", "words", "here"])
     # other weights (same tokenizer name) must not hit the old rows
@@ -325,11 +326,11 @@ def test_cli_every_row_comes_out_in_order(tmp_path, fake_models, capsys):
     assert len(got) == len(ODD_ROWS)
     for g, r in zip(got, ODD_ROWS):
         assert {k: g[k] for k in r} == r  # the row as it was (own score, not the merged mean), in order
-        assert set(g) == set(r) | set(score.DIMS)
-        assert all(0.0 <= g[d] <= 1.0 for d in score.DIMS)
-    assert all(got[2][d] == 0.5 for d in score.DIMS)  # one response to the prompt
-    assert all(got[0][d] == got[3][d] for d in score.DIMS)  # the duplicate gets the same scores
-    assert any(g[d] == 0.0 for g in got for d in score.DIMS) and any(g[d] == 1.0 for g in got for d in score.DIMS)
+        assert set(g) == set(r) | set(score.paper_dims())
+        assert all(0.0 <= g[d] <= 1.0 for d in score.paper_dims())
+    assert all(got[2][d] == 0.5 for d in score.paper_dims())  # one response to the prompt
+    assert all(got[0][d] == got[3][d] for d in score.paper_dims())  # the duplicate gets the same scores
+    assert any(g[d] == 0.0 for g in got for d in score.paper_dims()) and any(g[d] == 1.0 for g in got for d in score.paper_dims())
     printed = capsys.readouterr().out
     assert "3 prompt groups, 6 unique responses" in printed and "1 duplicates merged" in printed
 
@@ -371,7 +372,7 @@ def test_cli_preference_rows(tmp_path, fake_models):
     got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [(g["chosen"], g["rejected"]) for g in got] == [(r["chosen"], r["rejected"]) for r in rows]
     for g in got:
-        for d in score.DIMS:
+        for d in score.paper_dims():
             assert 0 <= g[f"{d}_chosen"] <= 1 and 0 <= g[f"{d}_rejected"] <= 1
     assert got[0]["novelty_rejected"] == got[1]["novelty_chosen"]  # "dog": one response, one score
 
@@ -386,9 +387,9 @@ def test_real_default_models(tmp_path):
     enc = modeling.load_encoder(None)
     prompt = "Suggest one unusual, creative use for this object: bottle."
     responses = ["hold fireflies", "drink water from it", "a rolling pin for pastry dough", "drink from it"]
-    [res], stats = score.score_groups(groups_of([(prompt, responses)]), score.DIMS, model=m, tokenizer=tok,
+    [res], stats = score.score_groups(groups_of([(prompt, responses)]), score.paper_dims(), model=m, tokenizer=tok,
                                       encoder=enc, cache_dir=tmp_path, show_progress=False)
-    for d in score.DIMS:
+    for d in score.paper_dims():
         assert res[d].min() == 0.0 and res[d].max() == 1.0
     ppl = [reference_perplexity(m, tok, prompt, r) for r in responses[:2]]
     np.testing.assert_allclose(res["surprise_raw"][:2], ppl, rtol=1e-3)
