@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import registry
+
 RATING_FIELDS = {  # canonical name -> accepted names, first present wins
     "prompt": ("prompt", "FullPrompt", "Prompt"),
     "response": ("response", "Response"),
@@ -37,6 +39,7 @@ RATING_FIELDS = {  # canonical name -> accepted names, first present wins
     "language": ("language", "Language"),
     "dataset": ("dataset", "Dataset"),
 }
+PAIR_DEFAULTS = {"min_margin": 0.0, "max_pairs_per_response": 4, "val_frac": 0.1}  # crpo.py and data.py share them
 EPS = 1e-9  # scores closer than this are equal; margins within this of min_margin pass (3.3 - 1.3 >= 2.0)
 
 
@@ -146,7 +149,7 @@ def _parse_rating(obj, score_columns=()):
             if obj.get(key) is not None:
                 row[name] = obj[key]
                 break
-    for name in score_columns:  # precomputed creativity scores (names from score.py's registry)
+    for name in score_columns:  # precomputed creativity scores (names from registry.py)
         if obj.get(name) is not None:
             row[name] = _number(obj[name], name, unit_range=True)
     return row
@@ -183,7 +186,7 @@ def read_rows(path, *, skip_bad_rows=False, score_columns=()):
     the same (prompt, response) (surrounding whitespace ignored) are merged into the first one:
     score = mean of their scores (creativity scores likewise), "merged_lines" lists the lines.
     score_columns: names of precomputed creativity scores to read and check (in [0, 1]): `name` in rating
-    rows, `name_chosen` / `name_rejected` in preference rows (crpo.py and score.py pass score.DIMENSIONS).
+    rows, `name_chosen` / `name_rejected` in preference rows (the CLIs pass registry.DIMENSIONS).
     """
     path = str(path)
     try:
@@ -552,7 +555,7 @@ def collate(items, pad_id):
     if not items:
         raise ValueError("collate needs at least one item")
     seqs = [(it["chosen_ids"], it["chosen_start"]) for it in items] + \
-           [(it["rejected_ids"], it["rejected_start"]) for it in items]
+           [(it["rejected_ids"], it["rejected_start"]) for it in items if "rejected_ids" in it]  # SFT: none
     T = max(len(ids) for ids, _ in seqs)
     input_ids = torch.full((len(seqs), T), int(pad_id), dtype=torch.long)
     attention_mask = torch.zeros((len(seqs), T), dtype=torch.long)
@@ -568,12 +571,18 @@ def collate(items, pad_id):
 # CLI: check a file
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Check a CrPO data file: validate rows, build pairs, split, count tokens.")
-    ap.add_argument("file", help="JSON Lines file of rating rows (MuCE style) or preference rows (TRL style)")
-    ap.add_argument("--min-margin", type=float, default=0.0, help="smallest score difference that makes a pair")
-    ap.add_argument("--max-pairs-per-response", type=int, default=None, help="cap on pairs any one response joins")
+    ap = argparse.ArgumentParser(description="Check a CrPO data file: validate rows, build pairs, split, count tokens "
+                                 "(with crpo.py's defaults, so it shows what training will use).",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("file", help="JSON Lines file (.jsonl or .jsonl.gz) of rating rows (MuCE style) or preference rows")
+    ap.add_argument("--min-margin", type=float, default=PAIR_DEFAULTS["min_margin"],
+                    help="smallest score difference that makes a pair")
+    ap.add_argument("--max-pairs-per-response", type=int, default=PAIR_DEFAULTS["max_pairs_per_response"],
+                    help="cap on pairs any one response joins (0 = no cap)")
     ap.add_argument("--length-balance", action="store_true", help="as many pairs with the chosen longer as shorter")
-    ap.add_argument("--val-frac", type=float, default=0.1, help="fraction of prompts held out for validation")
+    ap.add_argument("--val-frac", type=float, default=PAIR_DEFAULTS["val_frac"],
+                    help="fraction of prompts held out for validation")
+    ap.add_argument("--show", type=int, default=0, help="print the first N training pairs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-bad-rows", action="store_true", help="skip and count bad rows instead of stopping")
     ap.add_argument("--tokens", action="store_true", help="also tokenize (loads the tokenizer of --model)")
@@ -582,20 +591,25 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if not (math.isfinite(args.min_margin) and args.min_margin >= 0):
         ap.error("--min-margin must be a number >= 0")
-    if args.max_pairs_per_response is not None and args.max_pairs_per_response < 1:
-        ap.error("--max-pairs-per-response must be >= 1")
+    if args.max_pairs_per_response < 0:
+        ap.error("--max-pairs-per-response must be >= 0 (0 = no cap)")
     if not 0 <= args.val_frac < 1:
         ap.error("--val-frac must be in [0, 1)")
     if args.max_len < 2:
         ap.error("--max-len must be >= 2")
     try:
-        rows, report = read_rows(args.file, skip_bad_rows=args.skip_bad_rows)
+        columns = list(registry.DIMENSIONS)  # precomputed score columns to check
+        rows, report = read_rows(args.file, skip_bad_rows=args.skip_bad_rows, score_columns=columns)
         print(report.summary())
-        pairs, stats = build_pairs(rows, min_margin=args.min_margin, max_pairs_per_response=args.max_pairs_per_response,
-                                   length_balance=args.length_balance, seed=args.seed, source=args.file)
+        pairs, stats = build_pairs(rows, min_margin=args.min_margin, max_pairs_per_response=args.max_pairs_per_response or None,
+                                   length_balance=args.length_balance, seed=args.seed, source=args.file,
+                                   score_columns=columns)
         print(pairs_summary(stats))
         train, val = split_by_prompt(pairs, args.val_frac, args.seed)
         print(split_summary(train, val))
+        for i, p in enumerate(train[:args.show]):
+            print(f"pair {i + 1}: {p['prompt'][:70]!r}\n  chosen   ({p.get('score_chosen')}): {p['chosen'][:100]!r}"
+                  f"\n  rejected ({p.get('score_rejected')}): {p['rejected'][:100]!r}")
         if args.tokens:
             import model
             _, tokenizer = model.load(args.model)

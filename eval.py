@@ -28,7 +28,6 @@ import json
 import math
 import os
 import random
-import re
 import subprocess
 import sys
 import time
@@ -41,10 +40,19 @@ from tqdm import tqdm
 import data
 import model as modeling
 import score
+from measures import unit_rows, word_tokens
 
-METRICS = ("novelty", "diversity", "surprise", "quality", "distinct", "length", "distinct_1", "distinct_2",
-           "pref_accuracy")
+OTHER_METRICS = ("distinct", "length", "distinct_1", "distinct_2", "pref_accuracy")  # after the score dimensions
 PREF_RESPONSES_PER_PROMPT = 32  # rated responses sampled per prompt before pairing (1,500 ratings: no 1M pairs)
+
+
+def eval_dims():
+    """The score dimensions eval reports, as score.py's raw values: the paper's four."""
+    return score.paper_dims()
+
+
+def metrics():
+    return [*eval_dims(), *OTHER_METRICS]
 
 
 class EvalError(Exception):
@@ -112,14 +120,9 @@ def generate_all(m, tokenizer, prompts, *, k, max_new_tokens, temperature, top_p
 # Metrics on one prompt's k generations
 
 
-def tokens(text):
-    """Lower-cased word tokens (letters, digits, apostrophes; punctuation dropped)."""
-    return re.findall(r"[\w']+", text.lower())
-
-
 def distinct_n(texts, n):
     """|unique n-grams| / |n-grams| over the texts, n-grams taken inside each text; 0 when there is none."""
-    grams = [tuple(t[i:i + n]) for t in map(tokens, texts) for i in range(len(t) - n + 1)]
+    grams = [tuple(t[i:i + n]) for t in map(word_tokens, texts) for i in range(len(t) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -127,7 +130,7 @@ def equivalence_classes(E, threshold):
     """Class label per row of E [k, d]: row i joins the first class whose representative r (the class's first
     member) has cos(e_i, e_r) >= threshold, else opens a new class. Greedy, in generation order, as in
     NoveltyBench's partition (which compares against one representative per class)."""
-    E = score.unit_rows(E)
+    E = unit_rows(E)
     reps, labels = [], []
     for i in range(len(E)):
         label = next((c for c, r in enumerate(reps) if E[i] @ E[r] >= threshold), None)
@@ -138,17 +141,6 @@ def equivalence_classes(E, threshold):
     return labels
 
 
-def sentence_embeddings(encoder, texts, cache_dir, show_progress=True):
-    """{text: e(text)}, read from score.py's cache (score_groups has just stored them) or computed."""
-    def compute(missing):
-        for i in range(0, len(missing), 256):
-            chunk = missing[i:i + 256]
-            yield chunk, encoder.embed(chunk).float().cpu().numpy()
-    return score.cached_compute(score.Cache(cache_dir), f"embed|{score.cache_name(encoder)}", texts, compute,
-                                dtype=np.float32, desc="embed generations", show_progress=show_progress,
-                                stats=score.new_stats())
-
-
 def score_generations(generations, *, scorer, tokenizer, encoder, reference=None, threshold=0.9, cache_dir=None,
                       batch_size=16, show_progress=True):
     """Per-prompt metrics of {prompt: [k texts]} -> list of dicts (prompt order). Novelty, diversity, surprise
@@ -156,20 +148,21 @@ def score_generations(generations, *, scorer, tokenizer, encoder, reference=None
     duplicates stay in the group (k identical texts: diversity 0)."""
     prompts = list(generations)
     groups = [{"prompt": p, "responses": list(generations[p])} for p in prompts]
-    results, _ = score.score_groups(groups, score.DIMS, model=scorer, tokenizer=tokenizer, encoder=encoder,
+    results, _ = score.score_groups(groups, eval_dims(), model=scorer, tokenizer=tokenizer, encoder=encoder,
                                     cache_dir=cache_dir, reference=reference, batch_size=batch_size,
                                     show_progress=show_progress)
-    vectors = sentence_embeddings(encoder, [t for g in groups for t in g["responses"]], cache_dir, show_progress)
+    vectors = score.embed_texts(encoder, [t for g in groups for t in g["responses"]], cache_dir=cache_dir,
+                                desc="embed generations", show_progress=show_progress)
     rows = []
     for p, res in zip(prompts, results):
         texts = generations[p]
         labels = equivalence_classes(np.stack([vectors[t] for t in texts]), threshold)
-        lengths = [len(tokens(t)) for t in texts]
+        lengths = [len(word_tokens(t)) for t in texts]
         row = {"prompt": p}
-        row.update({d: float(np.mean(res[f"{d}_raw"])) for d in score.DIMS})
+        row.update({d: float(np.mean(res[f"{d}_raw"])) for d in eval_dims()})
         row.update(distinct=len(set(labels)) / len(texts), classes=len(set(labels)), length=float(np.mean(lengths)),
                    distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))
-        row["per_generation"] = {**{d: [float(v) for v in res[f"{d}_raw"]] for d in score.DIMS},
+        row["per_generation"] = {**{d: [float(v) for v in res[f"{d}_raw"]] for d in eval_dims()},
                                  "class": labels, "length": lengths}
         rows.append(row)
     return rows
@@ -251,7 +244,7 @@ def bootstrap_interval(values, weights=None, *, n_boot=1000, seed=0, level=0.95)
 def summarize(per_prompt, pref=None, *, n_boot=1000, seed=0):
     """{metric: {"mean", "lo", "hi"}} over prompts; pref_accuracy (pairs-weighted over prompts) when pref has pairs."""
     out = {}
-    for metric in METRICS[:-1]:
+    for metric in metrics()[:-1]:
         mean, lo, hi = bootstrap_interval([r[metric] for r in per_prompt], n_boot=n_boot, seed=seed)
         out[metric] = {"mean": mean, "lo": lo, "hi": hi}
     if pref:
@@ -268,9 +261,9 @@ def fmt(x):
 
 def table(results, markdown=False):
     """One row per model: mean [lo, hi] per metric."""
-    metrics = [m for m in METRICS if any(m in r for r in results.values())]
-    head = ["model"] + metrics
-    rows = [[name] + [f"{fmt(r[m]['mean'])} [{fmt(r[m]['lo'])}, {fmt(r[m]['hi'])}]" if m in r else "-" for m in metrics]
+    shown = [m for m in metrics() if any(m in r for r in results.values())]
+    head = ["model"] + shown
+    rows = [[name] + [f"{fmt(r[m]['mean'])} [{fmt(r[m]['lo'])}, {fmt(r[m]['hi'])}]" if m in r else "-" for m in shown]
             for name, r in results.items()]
     if markdown:
         return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +

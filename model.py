@@ -22,6 +22,8 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
+import kernels
+
 
 class ModelError(ValueError):
     """A checkpoint that cannot be read: the message names the file and what is supported."""
@@ -177,6 +179,27 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, cache=None):
         return self.lm_head(self.hidden(input_ids, attention_mask, cache)).float()
+
+
+def sequence_logps(model, input_ids, attention_mask, response_mask):
+    """Sum of response-token log-probabilities, log pi(y|x) = sum_{t in y} log pi(y_t | x, y_<t).
+
+    input_ids, attention_mask, response_mask: [B, T]; response_mask is 1 on the response tokens
+    (the only ones that count). Returns (logps [B] float32, n_tokens [B]).
+    Only the positions that predict a response token go through the output layer, so neither
+    prompt nor padding tokens cost vocabulary-sized work.
+    """
+    hidden = model.hidden(input_ids, attention_mask)[:, :-1]  # position t predicts token t+1
+    targets = response_mask[:, 1:].bool()
+    rows = targets.nonzero(as_tuple=True)
+    h, weight = hidden[rows], model.lm_head.weight
+    if torch.is_autocast_enabled(h.device.type):  # the output layer in the autocast dtype, as nn.Linear would be
+        dtype = torch.get_autocast_dtype(h.device.type)
+        h, weight = h.to(dtype), weight.to(dtype)
+    token_logps = kernels.linear_logprobs(h, weight, input_ids[:, 1:][rows])
+    logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+    logps = logps.index_add(0, rows[0], token_logps.float())
+    return logps, targets.sum(-1)
 
 
 # ----------------------------------------------------------------------------- tokenizer and chat formats

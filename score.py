@@ -35,17 +35,18 @@ import os
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from safetensors import safe_open
 
 import data
+from registry import DIMENSIONS, paper_dims, parse_variant, scorer
 import model as checkpoint  # TEMP: until the split lands
 from cache import Cache, cache_name, cached_compute, chat_fingerprint, model_fingerprint, new_stats
 from measures import NORMALIZE, centroid_novelty, diversity, dsi_novelty, unit_rows, words
-from model import ModelError, load_encoder  # TEMP
+from model import ModelError, load_encoder, sequence_logps  # TEMP
 
 JUDGE_QUESTION = (  # the prompt and response come last, so every response of a prompt shares the prefix
     "Is the answer below a sensible, well-formed answer to the prompt? Reply with Yes or No.\n\n"
@@ -145,15 +146,13 @@ def perplexity(model, tokenizer, prompt, responses, batch_size=16, stats=None):
     """ppl(r | x) = exp(-(1/|r|) sum_{t in r} log p(r_t | x, r_<t)), the response tokens being those of
     tokenizer.chat(x, r) from response_start on (the end-of-turn token included); log p from
     crpo.sequence_logps. Responses of one prompt x. Yields (indices, perplexities)."""
-    import crpo  # here, not at the top: crpo.py imports score.py
-
     chats = [tokenizer.chat(prompt, r) for r in responses]
     seqs = [ids for ids, _ in chats]
     for idx, hidden, _ in shared_prefix_hidden(model, seqs, batch_size, stats):
         ids, mask, resp = pad_batch([seqs[i] for i in idx], tokenizer.pad_id, [chats[i][1] for i in idx])
         ids, mask, resp = ids.to(hidden.device), mask.to(hidden.device), resp.to(hidden.device)
         with torch.inference_mode():
-            logps, n_tokens = crpo.sequence_logps(_Precomputed(hidden, model.lm_head), ids, mask, resp)
+            logps, n_tokens = sequence_logps(_Precomputed(hidden, model.lm_head), ids, mask, resp)
         if stats is not None:
             stats["lm_head_tokens"] += int(n_tokens.sum())
         yield idx, torch.exp(-logps.double() / n_tokens.clamp(min=1).double()).cpu().numpy()
@@ -201,61 +200,6 @@ def reward(rm, tokenizer, score_weight, prompt, responses, batch_size=16, stats=
     seqs = [tokenizer.chat(prompt, r)[0] for r in responses]
     for idx, z in last_token_scores(rm, seqs, score_weight[:1], batch_size, stats):
         yield idx, z[:, 0].numpy()
-
-
-# --------------------------------------------------------------------------------------------------
-# The registry: each dimension once, each scorer a function registered under (dimension, variant)
-
-
-@dataclass
-class Dimension:
-    """A creativity dimension: crpo.py's --lambda-<name> and --score-<name>, score.py's --<name> come from here.
-    scorers: variant -> fn(groups, ctx) -> [raw np.ndarray per group]; arg: variant -> what its argument is."""
-    name: str
-    default_lambda: float
-    help: str
-    paper: bool = False  # one of the paper's four (score.py's default --dims)
-    scorers: dict = field(default_factory=dict)
-    arg: dict = field(default_factory=dict)
-    default: str | None = None
-
-
-DIMENSIONS = {}
-
-
-def dimension(name, *, default_lambda=0.0, help="", paper=False):
-    """Register a dimension (call once; then register its scorers with @scorer)."""
-    DIMENSIONS[name] = Dimension(name, default_lambda, help, paper)
-    return DIMENSIONS[name]
-
-
-def scorer(dim, variant, *, default=False, arg=None):
-    """Decorator: fn(groups, ctx) -> [raw np.ndarray per group] computes `dim` as `variant`. arg names the
-    variant's argument ("PATH", "NAME"; "[DIR]" = optional), written after the variant: `--quality rm PATH`."""
-    def register(fn):
-        d = DIMENSIONS[dim]
-        d.scorers[variant], d.arg[variant] = fn, arg
-        if default or d.default is None:
-            d.default = variant
-        return fn
-    return register
-
-
-def paper_dims():
-    return [d for d, spec in DIMENSIONS.items() if spec.paper]
-
-
-def parse_variant(dim, spec=None):
-    """"judge" | "rm PATH" | ("rm", PATH) | None (the default) -> (variant, argument or None)."""
-    d = DIMENSIONS[dim]
-    parts = tuple(spec.split(None, 1) if isinstance(spec, str) else spec or (d.default,))
-    variant, arg = parts[0], (parts[1] if len(parts) > 1 else None)
-    need = d.arg.get(variant)
-    if variant not in d.scorers or len(parts) > 2 or (arg is None and need and not need.startswith("[")) \
-            or (arg is not None and not need):
-        choices = ", ".join(v + (f" {d.arg[v]}" if d.arg[v] else "") for v in d.scorers)
-        raise ValueError(f"{dim}: {' '.join(map(str, parts))!r} is not a scorer (choose from: {choices})")
-    return variant, arg
 
 
 def embed_texts(encoder, texts, *, cache_dir=None, cache=None, desc="embed texts", show_progress=True, stats=None):
@@ -320,12 +264,6 @@ class Context:
 
 # --------------------------------------------------------------------------------------------------
 # The scorers. A new one: a function (groups, ctx) -> [raw values per group] and its @scorer line.
-
-dimension("diversity", default_lambda=1.0, paper=True, help="mean embedding distance to the group's other responses")
-dimension("novelty", default_lambda=1.0, paper=True, help="distance of the response's semantic spread from its group's")
-dimension("surprise", default_lambda=1.0, paper=True, help="how unexpected the response is given the prompt")
-dimension("quality", default_lambda=0.0, paper=True, help="whether the response is a sensible answer")
-
 
 def _sentences(groups, ctx):
     sentence = ctx.embed([r for g in groups for r in g["responses"]], "embed texts")
@@ -466,6 +404,9 @@ def score_groups(groups, dims=None, *, model=None, tokenizer=None, encoder=None,
 
 def _field_value(row, name, source):
     v = row.get(name)
+    if "line" not in row and v is None:  # a pair built from rating rows: it carries score_chosen/_rejected only
+        raise data.DataError(f"{source or '<pairs>'}: the pairs have no field {name!r} (pairs built from rating "
+                             f"rows carry their rows' scores: use --quality field score)")
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise data.DataError(f"{source or '<rows>'}:{row.get('line', '?')}: field {name!r} is {json.dumps(v)}, not a "
                              f"finite number (--quality field reads a number from every row)")

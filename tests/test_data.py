@@ -11,6 +11,16 @@ import torch
 import data
 from conftest import ROOT, SHARED_DATA
 
+SCORES = ("novelty", "diversity", "surprise", "quality")  # the score columns these rows carry (crpo passes score.py's)
+READ_ROWS, BUILD_PAIRS = data.read_rows, data.build_pairs
+
+
+@pytest.fixture(autouse=True)
+def score_columns(monkeypatch):
+    """data.py reads only the score columns its caller names: here, these tests' four."""
+    monkeypatch.setattr(data, "read_rows", lambda *a, **k: READ_ROWS(*a, **{"score_columns": SCORES, **k}))
+    monkeypatch.setattr(data, "build_pairs", lambda *a, **k: BUILD_PAIRS(*a, **{"score_columns": SCORES, **k}))
+
 
 def write(tmp_path, lines, name="rows.jsonl"):
     """lines: dicts (written as JSON), str (written as is) or bytes; one per line."""

@@ -12,6 +12,7 @@ import data
 import eval as evaluation
 import model as modeling
 from fakes import ByteTokenizer, tiny_model
+import measures
 import score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +72,7 @@ def test_identical_generations_give_diversity_zero_and_distinct_one_over_k(tmp_p
     assert row["length"] == 2.0
     assert row["per_generation"]["class"] == [0] * k
     # every generation is the same text: identical raw scores
-    for d in score.DIMS:
+    for d in score.paper_dims():
         v = row["per_generation"][d]
         assert max(v) - min(v) < 1e-12
 
@@ -100,9 +101,10 @@ def test_equivalence_classes_are_greedy_against_the_first_representative():
 
 def test_distinct_n_and_length_by_hand():
     texts = ["A b, a b!", "a b c", "It's"]
-    assert evaluation.tokens(texts[0]) == ["a", "b", "a", "b"]
-    assert evaluation.tokens(texts[2]) == ["it's"]
-    # unigrams: a b a b | a b c | it's -> 8 total, {a, b, c, it's} unique
+    # the project's one word splitter (measures.word_tokens): apostrophes dropped inside words, as DSI does
+    assert measures.word_tokens(texts[0]) == ["a", "b", "a", "b"]
+    assert measures.word_tokens(texts[2]) == ["its"]
+    # unigrams: a b a b | a b c | its -> 8 total, {a, b, c, its} unique
     assert evaluation.distinct_n(texts, 1) == pytest.approx(4 / 8)
     # bigrams inside texts: (a b)(b a)(a b) | (a b)(b c) -> 5 total, 3 unique
     assert evaluation.distinct_n(texts, 2) == pytest.approx(3 / 5)
@@ -215,7 +217,7 @@ def fake_models(monkeypatch):
 
     real_score_groups = score.score_groups
 
-    def score_groups(groups, dims=score.DIMS, **kw):
+    def score_groups(groups, dims=None, **kw):
         if "quality" in dims:
             scorer_models.append(kw["model"])
         return real_score_groups(groups, dims, **kw)
@@ -249,7 +251,7 @@ def test_two_models_share_prompts_and_scorer_same_seed_same_output(tmp_path, fak
     for name in ("a", "b"):
         r = out["models"][name]
         assert all(len(v) == 3 for v in r["generations"].values())
-        for metric in evaluation.METRICS:
+        for metric in evaluation.metrics():
             assert r[metric]["lo"] <= r[metric]["mean"] <= r[metric]["hi"]
         assert [p["prompt"] for p in r["per_prompt"]] == first3
         assert r["novelty"]["mean"] == pytest.approx(np.mean([p["novelty"] for p in r["per_prompt"]]))

@@ -241,7 +241,8 @@ def test_second_call_is_served_from_the_cache(tmp_path):
     assert enc.calls == 0 and counter.calls == 0
     assert sum(s2["computed"].values()) == 0
     assert s2["cached"] == {k: s1["computed"][k] + s1["cached"][k] for k in s1["computed"]}
-    assert s1["cached"]["embed words"] == 2  # "gamma" and "eta": already embedded as responses in this call
+    # novelty (words) is scored before diversity (sentences): "gamma" and "eta" were already embedded as words
+    assert s1["cached"]["embed texts"] == 2
     for a, b in zip(first, second):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
