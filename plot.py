@@ -169,12 +169,13 @@ def draw_curves(series, path, *, title=None, panel_size=(5.0, 3.2)):
     return fig.get_size_inches() * DPI
 
 
-def draw_intervals(panels, path, *, title=None, zero_line=False, marked=(), xlabel=None, max_cols=3,
+def draw_intervals(panels, path, *, title=None, zero_line=False, marked=(), muted=(), xlabel=None, max_cols=3,
                    panel_width=4.0, row_height=0.32):
     """One panel per metric: for each label its value (dot) and interval [lo, hi] (bar), labels top to bottom.
     panels = {metric: [(label, mean, lo, hi), ...]} (eval_series' output, or differences to a baseline with
     zero_line=True to draw x = 0); (metric, label) pairs in `marked` are drawn hollow (the experiment marks a
-    metric that was also that variant's training signal). Written to path as PNG; returns (width, height) px."""
+    metric that was also that variant's training signal); labels in `muted` are drawn grey (context rows).
+    Written to path as PNG; returns (width, height) px."""
     if not panels:
         raise PlotError("nothing to draw: no metric with a mean")
     labels = list(dict.fromkeys(label for points in panels.values() for label, *_ in points))
@@ -185,9 +186,9 @@ def draw_intervals(panels, path, *, title=None, zero_line=False, marked=(), xlab
     for ax, (metric, points) in zip(axes, panels.items()):
         for label, mean, lo, hi in points:
             y = len(labels) - 1 - labels.index(label)
-            hollow = (metric, label) in marked
-            ax.plot([lo, hi], [y, y], color="tab:blue", lw=2, solid_capstyle="butt")
-            ax.plot([mean], [y], "o", ms=6, color="tab:blue", mfc="white" if hollow else "tab:blue")
+            hollow, color = (metric, label) in marked, "0.55" if label in muted else "tab:blue"
+            ax.plot([lo, hi], [y, y], color=color, lw=2, solid_capstyle="butt")
+            ax.plot([mean], [y], "o", ms=6, color=color, mfc="white" if hollow else color)
         if zero_line:
             ax.axvline(0.0, color="0.3", lw=1, ls="--")
         ax.set_yticks(range(len(labels)), labels[::-1], fontsize=8)

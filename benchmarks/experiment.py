@@ -204,7 +204,7 @@ def eval_command(args, info, arm, seed, model_path):
 
 
 def plan_runs(args, info):
-    """Every (arm, seed) in execution order: per seed, SFT first, then base, then the arms trained from SFT."""
+    """Every (arm, seed) in execution order: per seed, base, SFT, then the arms trained from that SFT model."""
     runs = []
     for seed in args.seeds:
         for arm in arms(args):

@@ -79,7 +79,7 @@ def summarize(runs_by_arm, arm_order, signal, *, reference="dpo", n_boot=10000, 
     means = arm_means({a: runs_by_arm[a] for a in present}, metrics, n_boot=n_boot, seed=seed)
     out = {"metrics": metrics, "reference": reference, "arm_means": means,
            "training_signal": {a: list(signal.get(a, ())) for a in present},
-           "seeds": {a: [r["seed"] for r in runs_by_arm[a]] for a in present}}
+           "seeds_by_arm": {a: [r["seed"] for r in runs_by_arm[a]] for a in present}}
     paired = {}
     if reference in runs_by_arm:
         variants = [a for a in present if a != reference and a not in CONTEXT_ARMS]
@@ -95,12 +95,13 @@ def summarize(runs_by_arm, arm_order, signal, *, reference="dpo", n_boot=10000, 
 
 
 def draw_figure(paired, signal, path, *, reference="dpo"):
-    """Each arm's difference to the reference per metric with its 95% interval; hollow dot = training signal."""
+    """Each arm's difference to the reference per metric with its 95% interval; hollow dot = training signal,
+    grey = a context arm (base, SFT)."""
     metrics = list(dict.fromkeys(m for row in paired.values() for m in row))
     panels = {m: [(arm, row[m]["mean"], row[m]["lo"], row[m]["hi"]) for arm, row in paired.items() if m in row]
               for m in metrics}
     marked = {(m, arm) for arm, ms in signal.items() for m in ms}
-    return plot.draw_intervals(panels, path, zero_line=True, marked=marked,
+    return plot.draw_intervals(panels, path, zero_line=True, marked=marked, muted=CONTEXT_ARMS,
                                title=f"difference to SFT->{reference.upper()}, paired by prompt (seeds averaged); "
-                                     f"hollow: that arm's training signal",
+                                     f"hollow: that arm's training signal; grey: context arms",
                                xlabel="mean difference [95% bootstrap interval over prompts]")

@@ -121,7 +121,8 @@ def test_eval_png(tmp_path):
 def test_draw_intervals_marks_and_zero_line(tmp_path):
     pytest.importorskip("matplotlib")
     panels = {"novelty": [("crpo", 0.01, -0.02, 0.03)], "diversity": [("crpo", -0.1, -0.2, 0.05)]}
-    size = plot.draw_intervals(panels, tmp_path / "d.png", zero_line=True, marked={("novelty", "crpo")})
+    size = plot.draw_intervals(panels, tmp_path / "d.png", zero_line=True, marked={("novelty", "crpo")},
+                               muted={"crpo"})
     assert tuple(size) == (800, pytest.approx((0.32 + 1.1) * 100))
     assert_drawn_png(tmp_path / "d.png", (800, 142))
 
