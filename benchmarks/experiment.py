@@ -290,22 +290,31 @@ def train_metrics(out):
     return rows, summary
 
 
-def ensure_trained(run, args, env, log):
-    """Train run's model unless WORK/runs/<name>/done.json records the same command; a saved training state
-    without done.json (a killed run) continues with --resume. -> the done.json dict."""
-    done_path = os.path.join(run.model_dir, "done.json")
-    cmd = portable(run.train_cmd, args)
-    if os.path.isfile(done_path) and read_json(done_path).get("command") == cmd:
+def ensure_trained(run, key, args, env, log):
+    """Train run's model unless WORK/runs/<name>/done.json holds the same key (its command, its SFT parent's, the
+    fit and the data: fingerprint without eval). A saved training state of a run started with the same key and
+    not done (killed) continues with --resume; any other state is started over. -> the done.json dict."""
+    done_path, started_path = (os.path.join(run.model_dir, f) for f in ("done.json", "started.json"))
+    if os.path.isfile(done_path) and read_json(done_path).get("key") == key:
         return read_json(done_path)
-    resume = os.path.isfile(os.path.join(run.model_dir, "train_state.pt"))
+    resume = (os.path.isfile(os.path.join(run.model_dir, "train_state.pt")) and os.path.isfile(started_path)
+              and read_json(started_path).get("key") == key and not os.path.isfile(done_path))
+    if not resume and os.path.isdir(run.model_dir):
+        shutil.rmtree(run.model_dir)  # another configuration's model or state: never continue from it
+    split.write_atomic(started_path, json.dumps({"key": key}))
     log(f"[{run.name}] {'resuming' if resume else 'training'} ({time.strftime('%H:%M:%S')})")
     seconds = run_command(run.train_cmd + (["--resume"] if resume else []),
                           os.path.join(args.work_dir, "logs", f"train_{run.name}.log"), env)
     rows, summary = train_metrics(run.model_dir)
-    done = {"command": cmd, "seconds": seconds, "resumed": resume, "summary": summary, "metrics": rows}
+    done = {"key": key, "command": key["train"], "seconds": seconds, "resumed": resume, "summary": summary,
+            "metrics": rows}
     split.write_atomic(done_path, json.dumps(done, indent=1))
     log(f"[{run.name}] trained in {seconds:.0f} s: {json.dumps(summary)}")
     return done
+
+
+def train_key(run, by_name, args, info):
+    return {k: v for k, v in fingerprint(run, by_name, args, info).items() if k != "eval"}
 
 
 def slim_eval(ev):
@@ -319,11 +328,12 @@ def ensure_fitted(args, info, env, log):
     """The originality scorer (WORK/originality_scorer) fitted on the training prompts, once -> its record."""
     done_path = os.path.join(scorer_dir(args), "done.json")
     cmd = portable(fit_command(args, info), args)
-    if os.path.isfile(done_path) and read_json(done_path).get("command") == cmd:
+    key = {"command": cmd, "data_sha256": info["sha256"]["scorer_train"]}
+    if os.path.isfile(done_path) and read_json(done_path).get("key") == key:
         return read_json(done_path)
     log(f"[originality scorer] fitting on {len(info['train_prompts'])} training prompts ({time.strftime('%H:%M:%S')})")
     seconds = run_command(fit_command(args, info), os.path.join(args.work_dir, "logs", "fit_scorer.log"), env)
-    done = {"command": cmd, "seconds": seconds, "training_prompts": info["train_prompts"]}
+    done = {"key": key, "command": cmd, "seconds": seconds, "training_prompts": info["train_prompts"]}
     split.write_atomic(done_path, json.dumps(done, indent=1))
     split.write_atomic(os.path.join(args.results, "experiment", "originality_scorer.json"), json.dumps(done, indent=1))
     return done
@@ -342,9 +352,10 @@ def execute(args, info, runs, env, log):
     command = shlex.join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:])
     fit = ensure_fitted(args, info, env, log)
     for run in todo:
-        if run.parent:
-            ensure_trained(by_name[run.parent], args, env, log)  # deleted or never trained: (re)train it first
-        train = ensure_trained(run, args, env, log) if run.train_cmd else None
+        if run.parent:  # deleted or never trained: (re)train it first
+            parent = by_name[run.parent]
+            ensure_trained(parent, train_key(parent, by_name, args, info), args, env, log)
+        train = ensure_trained(run, train_key(run, by_name, args, info), args, env, log) if run.train_cmd else None
         log(f"[{run.name}] evaluating ({time.strftime('%H:%M:%S')})")
         seconds = run_command(run.eval_cmd, os.path.join(args.work_dir, "logs", f"eval_{run.name}.log"), env)
         name, res = slim_eval(read_json(run.eval_cmd[run.eval_cmd.index("--out") + 1]))
@@ -403,9 +414,12 @@ def run_status(run, by_name, args, info):
             return "done"
     except ExperimentError:
         return "DIFFERENT CONFIG (delete its result to rerun)"
-    if run.train_cmd and os.path.isfile(os.path.join(run.model_dir, "done.json")):
+    key = train_key(run, by_name, args, info) if run.train_cmd else None
+    marker = lambda f: os.path.isfile(os.path.join(run.model_dir, f)) and read_json(  # noqa: E731
+        os.path.join(run.model_dir, f)).get("key") == key
+    if run.train_cmd and marker("done.json"):
         return "trained, eval to do"
-    if run.train_cmd and os.path.isfile(os.path.join(run.model_dir, "train_state.pt")):
+    if run.train_cmd and marker("started.json") and os.path.isfile(os.path.join(run.model_dir, "train_state.pt")):
         return "killed: resumes"
     return "to do"
 
@@ -452,7 +466,13 @@ def print_plan(args, info, runs, log):
 
 def write_summary(args, info, runs, log):
     """RESULTS/experiment_summary.json and RESULTS/experiment.png from the finished runs' result files."""
-    by_arm = report.load_results([r.result_path for r in runs])
+    by_name, current, stale = {r.name: r for r in runs}, [], []
+    for r in runs:
+        try:
+            current += [r.result_path] if finished(r, fingerprint(r, by_name, args, info)) else []
+        except ExperimentError:
+            stale.append(r.name)  # another configuration's result: never mixed into the statistics
+    by_arm = report.load_results(current)
     if not by_arm:
         log("no finished runs yet: no summary")
         return None
@@ -475,7 +495,8 @@ def write_summary(args, info, runs, log):
                                                          "eval": r["fingerprint"]["eval"]} for r in results},
                "seconds": {f"{r['arm']}_s{r['seed']}": {"train": r["train"] and r["train"]["seconds"],
                                                         "eval": r["eval"]["seconds"]} for r in results},
-               "runs_missing": [r.name for r in runs if not os.path.isfile(r.result_path)], **stats_part}
+               "runs_missing": [r.name for r in runs if r.result_path not in current], "runs_stale": stale,
+               **stats_part}
     split.write_atomic(os.path.join(args.results, "experiment_summary.json"),
                  json.dumps(summary, ensure_ascii=False, indent=1))
     log(summary["table_means_markdown"])

@@ -146,6 +146,15 @@ def test_finished_runs_are_skipped_and_a_killed_run_resumes(tiny):
     assert [script(c) for c in children.commands] == ["crpo.py crpo_nds_s1", "eval crpo_nds_s1"]
     assert children.commands[0][-1] == "--resume"
     assert json.load(open(results / "crpo_nds_s1.json"))["train"]["resumed"] is True
+    # a saved state started under another configuration is never continued: the run starts over
+    (results / "dpo_s0.json").unlink()
+    run_dir = tmp / "work" / "runs" / "dpo_s0"
+    (run_dir / "done.json").unlink()
+    (run_dir / "started.json").write_text(json.dumps({"key": {"train": "another command"}}))
+    children.commands.clear()
+    assert run() == 0
+    assert [script(c) for c in children.commands] == ["crpo.py dpo_s0", "eval dpo_s0"]
+    assert "--resume" not in children.commands[0]
 
 
 def test_delete_models_and_retrain_a_deleted_sft_parent(tiny):
@@ -168,6 +177,11 @@ def test_changed_configuration_is_refused_in_one_line(tiny, capsys):
     assert "\n" not in err and "sft_s0.json" not in err and "dpo_s0.json was made with a different configuration" \
         in err and "train" in err
     assert children.commands == []
+    # the summary never mixes configurations: with --max-steps 4 the DPO / CrPO results are stale
+    assert run("--max-steps", "4", "--summary-only") == 0
+    summary = json.load(open(tmp / "results" / "experiment_summary.json"))
+    assert sorted(summary["runs_stale"]) == sorted(f"{a}_s{s}" for a in ("dpo", "crpo_nds", "crpo_orig") for s in (0, 1))
+    assert set(summary["arm_means"]) == {"base", "sft"} and "paired_variants" not in summary
 
 
 def test_summary_statistics_and_figure(tiny):
