@@ -1,327 +1,537 @@
-"""Does CrPO make a model more creative than plain DPO? A small, honest reproduction on real human ratings.
+"""The paper's pipeline at small scale, version 2: base -> SFT -> DPO / CrPO, three seeds, paired statistics.
 
-From ../shared/data/dt_ratings.jsonl (human originality ratings of divergent-thinking responses):
+From the shipped human ratings (data/dt_ratings.jsonl.gz; 44 prompts, four tasks):
 
-1. Hold out prompts: per task (Alternate Uses, Instances, Consequences, Sentence Completion), --heldout-per-task
-   prompt groups drawn with random.Random(seed). A group is the prompts that share a task and the first five
-   words of the item, so near-duplicate stems ("When the kids were in the library" / "... they found") never sit
-   on both sides. The rest are the training prompts.
-2. Write OUT/train.jsonl (per training prompt, --train-responses-per-prompt rated responses sampled with the seed)
-   and OUT/heldout.jsonl (per held-out prompt, at most --heldout-responses-per-prompt rated responses: the human
-   reference set of eval.py's novelty and the source of its preference pairs).
-3. Train six models from the embedded default with one set of pair flags, seed and budget, differing only in the
-   lambdas: dpo (all 0), crpo_novelty, crpo_diversity, crpo_surprise, crpo_quality, crpo_nds (novelty + diversity
-   + surprise). Every run shares --score-cache, so each creativity score is computed once.
-4. ONE eval.py call on the held-out prompts for base (the embedded default) and the six trained models: same
-   prompts, same sampling seed, same scoring model. Its JSON is split into RESULTS/<model>.json (with the exact
-   commands, git revision and seed) and RESULTS/experiment.json (setup, pair counts, timings, the table).
+1. Data. Per task (Alternate Uses, Instances, Consequences, Sentence Completion), --heldout-per-task prompt groups are
+   held out with random.Random(--split-seed) (a group = the prompts sharing a task and the first five words of the
+   item, so near-duplicate stems never sit on both sides). The split is the same for every seed, so every run is
+   evaluated on the same prompts. WORK/data/ gets train.jsonl (--train-responses-per-prompt rated responses of each
+   training prompt), scorer_train.jsonl (training prompts only, for the originality scorer) and heldout.jsonl (the
+   held-out prompts' human responses: novelty's reference and the preference-accuracy pairs of eval.py).
+2. The originality scorer, fitted once on the training prompts only: python score.py fit --data scorer_train.jsonl.
+3. Per seed s: SFT on the training responses rated >= --sft-min-score (crpo.py --objective sft), then from that SFT
+   model, with the same pairs, budget and seed, the arms (every --lambda-* passed; --weight-on margin, as the
+   authors' code weights pairs):
+       dpo        all lambdas 0 (plain DPO)
+       crpo_nds   novelty = diversity = surprise = 1 (the paper's combined model)
+       crpo_orig  originality = 1 (the scorer of step 2)
+       with --extra-arms: crpo_div (diversity = 1) and crpo_nds_chosen (crpo_nds with --weight-on chosen)
+   Each model (and base, the embedded default) is evaluated by its own eval.py call on the held-out prompts at k
+   samples with sampling seed s and the step-2 scorer.
+4. Statistics (benchmarks/experiment_stats.py): per metric, each arm minus SFT->DPO paired by prompt (seeds averaged
+   within a prompt): mean, 95% bootstrap interval over prompts, exact sign-flip p-value, Holm over the CrPO
+   comparisons (base and SFT are a second family), effect size d_z and the smallest effect the design detects.
+   RESULTS/experiment_summary.json and RESULTS/experiment.png (each arm's difference to DPO per metric).
 
-    python benchmarks/experiment.py --out-dir /tmp/crpo_experiment --results results
-    python benchmarks/experiment.py --out-dir /tmp/crpo_smoke --results /tmp/crpo_smoke/results \
-        --heldout-per-task 1 --max-steps 2 --k 2 --max-new-tokens 8 --threads 1          (smoke test)
+Resumable: each finished run leaves RESULTS/experiment/<arm>_s<seed>.json (its metrics, per-prompt values, samples,
+commands, git revision, timings); a rerun skips those (same commands and data required, else it stops and says so),
+continues a killed training run with crpo.py --resume, and retrains an SFT model only if a later arm still needs it
+and it was deleted (--delete-models removes each model once nothing needs it). Models live in WORK/runs/.
 
-Trained models are kept in OUT/runs/<name>; a run whose OUT/runs/<name>/done.json holds the same command is not
-repeated (rerunning after a crash only does what is missing).
+    python benchmarks/experiment.py --plan                    # planned runs, done or not, and a time estimate
+    python benchmarks/experiment.py                           # the whole experiment (resumes)
+    python benchmarks/experiment.py --summary-only            # statistics and figure from the finished runs
 """
 import argparse
+import dataclasses
 import json
 import os
-import random
-import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
-from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import data  # noqa: E402
+import experiment_data as split  # noqa: E402  (benchmarks/, next to this file)
+import experiment_report as report  # noqa: E402
+import plot  # noqa: E402
 
-DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "dt_ratings.jsonl")
-TASKS = ("Alternate Uses", "Instances", "Consequences", "Sentence Completion")
-DIMS = ("novelty", "diversity", "surprise", "quality")
-RUNS = {  # name -> lambdas (every run passes all four, so crpo.py's defaults never leak in)
-    "dpo": {},
-    "crpo_novelty": {"novelty": 1.0},
-    "crpo_diversity": {"diversity": 1.0},
-    "crpo_surprise": {"surprise": 1.0},
-    "crpo_quality": {"quality": 1.0},
-    "crpo_nds": {"novelty": 1.0, "diversity": 1.0, "surprise": 1.0},
-}
+DEFAULT_DATA = os.path.join(ROOT, "data", "dt_ratings.jsonl.gz")
+LAMBDA_NAMES = ("novelty", "diversity", "surprise", "quality", "originality")  # crpo.py's --lambda-* flags
+REFERENCE = "dpo"
+# Planning costs on the 2-core CPU before any run of this experiment is measured (then the measured ones are used):
+# a 40-step run of 8 pairs, LoRA r=16, on the 135M default took ~6 min (9 s a step, all included), and evaluating one
+# model at k = 8 on 12 prompts ~75 s (0.78 s per generated sample, scoring and preference accuracy included).
+COST_STEP_S, COST_STEP_BATCH = 360 / 40, 8
+COST_EVAL_SAMPLE_S = 75 / (8 * 12)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One arm: kind "base" (evaluated only), "sft", or "pref" (DPO / CrPO from the seed's SFT model)."""
+    name: str
+    kind: str
+    lambdas: tuple = ()          # ((dimension, lambda), ...) > 0 only; empty = plain DPO
+    weight_on: str = "margin"
+    signal: tuple = ()           # eval metrics that were also this arm's training signal
+
+
+CORE_ARMS = (Arm("base", "base"), Arm("sft", "sft"), Arm("dpo", "pref"),
+             Arm("crpo_nds", "pref", (("novelty", 1.0), ("diversity", 1.0), ("surprise", 1.0)),
+                 signal=("novelty", "diversity", "surprise")),
+             Arm("crpo_orig", "pref", (("originality", 1.0),), signal=("originality",)))
+EXTRA_ARMS = (Arm("crpo_div", "pref", (("diversity", 1.0),), signal=("diversity",)),
+              Arm("crpo_nds_chosen", "pref", (("novelty", 1.0), ("diversity", 1.0), ("surprise", 1.0)), "chosen",
+                  signal=("novelty", "diversity", "surprise")))
+
+
+@dataclasses.dataclass
+class Run:
+    """One (arm, seed): what to train (None for base) and evaluate, where its model and result go."""
+    arm: Arm
+    seed: int
+    train_cmd: list
+    eval_cmd: list
+    model_dir: str
+    result_path: str
+    parent: str = None  # the SFT run this one starts from
+
+    @property
+    def name(self):
+        return f"{self.arm.name}_s{self.seed}"
+
+
+class ExperimentError(Exception):
+    """A user-facing problem: main prints it in one line and exits 1."""
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--data", default=DEFAULT_DATA, help="rating rows with task and item (default ../shared/data/dt_ratings.jsonl)")
-    a("--out-dir", default="/tmp/crpo_experiment", help="data subsets, trained models, caches, logs")
-    a("--results", default=os.path.join(ROOT, "results"), help="where the per-model JSON files go")
-    a("--seed", type=int, default=0, help="held-out choice, response sampling, pairs, training, sampling")
-    a("--heldout-per-task", type=int, default=3, help="held-out prompt groups per task (>= 2 in the real run)")
-    a("--train-responses-per-prompt", type=int, default=20)
+    a("--data", default=DEFAULT_DATA, help="rating rows with task and item (.jsonl or .jsonl.gz)")
+    a("--work-dir", default=os.path.join(ROOT, "runs", "experiment"), help="data subsets, models, caches, logs")
+    a("--results", default=os.path.join(ROOT, "results"), help="per-run JSON (RESULTS/experiment/), summary, figure")
+    a("--seeds", default="0,1,2", help="training and sampling seeds, one SFT per seed")
+    a("--split-seed", type=int, default=0, help="held-out prompt choice and response sampling (same for all seeds)")
+    a("--heldout-per-task", type=int, default=3, help="held-out prompt groups per task")
+    a("--train-responses-per-prompt", type=int, default=40)
+    a("--scorer-responses-per-prompt", type=int, default=400, help="rows per training prompt for score.py fit (0: all)")
     a("--heldout-responses-per-prompt", type=int, default=200)
-    # training: one budget for every run
-    a("--min-margin", type=float, default=1.0)
-    a("--max-pairs-per-response", type=int, default=2)
-    a("--max-steps", type=int, default=40)
-    a("--batch-size", type=int, default=8)
+    a("--extra-arms", action="store_true", help="also crpo_div and crpo_nds_chosen (if the budget allows)")
+    a("--sft-min-score", type=float, default=3.0, help="SFT on training responses rated at least this (1-5 scale)")
+    a("--sft-steps", type=int, default=40)
+    a("--sft-lr", type=float, default=5e-4)
+    a("--max-steps", type=int, default=40, help="steps of each DPO / CrPO run")
     a("--lr", type=float, default=5e-4)
+    a("--batch-size", type=int, default=8)
     a("--warmup-steps", type=int, default=4)
     a("--lora-rank", type=int, default=16)
     a("--beta", type=float, default=0.1)
     a("--max-len", type=int, default=96)
-    # evaluation
-    a("--k", type=int, default=8)
+    a("--min-margin", type=float, default=1.0)
+    a("--max-pairs-per-response", type=int, default=2)
+    a("--save-every", type=int, default=10, help="training state saved every N steps (what --resume continues)")
+    a("--k", type=int, default=16, help="samples per held-out prompt per model")
     a("--max-new-tokens", type=int, default=40)
     a("--max-pref-pairs", type=int, default=96)
     a("--eval-batch-size", type=int, default=64)
-    a("--runs", default=",".join(RUNS), help="comma-separated subset of " + ",".join(RUNS))
+    a("--bootstrap", type=int, default=10000, help="bootstrap resamples of the paired statistics")
     a("--threads", type=int, default=None, help="OMP_NUM_THREADS for the child processes (default: torch's)")
+    a("--delete-models", action="store_true", help="delete each model once its evaluation is saved and no arm needs it")
+    a("--plan", action="store_true", help="print the planned runs, what is done, and a time estimate; run nothing")
+    a("--summary-only", action="store_true", help="statistics and figure from the finished runs; run nothing")
+    a("--budget-min", type=float, default=150, help="--plan: the wall-time budget it checks the estimate against")
+    a("--cost-fit-s", type=float, default=600,
+      help="--plan: assumed seconds of score.py fit until one is measured (an assumption, not a measurement)")
     args = p.parse_args(argv)
-    args.runs = [r.strip() for r in args.runs.split(",") if r.strip()]
-    bad = [r for r in args.runs if r not in RUNS]
-    if bad:
-        p.error(f"--runs: unknown {bad}; choose from {list(RUNS)}")
-    if args.heldout_per_task < 1:
-        p.error("--heldout-per-task must be >= 1")
+    try:
+        args.seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
+    except ValueError:
+        p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    positive = ("heldout_per_task", "train_responses_per_prompt", "heldout_responses_per_prompt", "sft_steps",
+                "max_steps", "batch_size", "lora_rank", "k", "max_new_tokens", "eval_batch_size", "max_len")
+    for name in positive:
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not args.seeds:
+        p.error("--seeds: at least one seed")
+    args.work_dir, args.results = os.path.abspath(args.work_dir), os.path.abspath(args.results)
     return args
 
 
 # ----------------------------------------------------------------------------------------------------
-# 1-2. held-out prompts and the two data files
+# 2-3. The planned commands
 
 
-def group_key(row):
-    """Prompts in one group are held out together: same task, same first five words of the item."""
-    stem = " ".join(re.findall(r"[\w']+", row["item"].lower())[:5])
-    return row["task"], stem
+def arms(args):
+    return CORE_ARMS + (EXTRA_ARMS if args.extra_arms else ())
 
 
-def split_prompts(rows, per_task, seed):
-    """-> (held-out prompts, training prompts), both sorted; per task, per_task groups sampled with the seed."""
-    groups = defaultdict(set)
-    for r in rows:
-        groups[group_key(r)].add(r["prompt"])
-    rng = random.Random(seed)
-    held = set()
-    for task in TASKS:
-        keys = sorted(k for k in groups if k[0] == task)
-        if len(keys) <= per_task:
-            raise SystemExit(f"{task}: only {len(keys)} prompt groups; lower --heldout-per-task {per_task}")
-        for k in rng.sample(keys, per_task):
-            held |= groups[k]
-    prompts = {r["prompt"] for r in rows}
-    return sorted(held), sorted(prompts - held)
+def model_dir(args, name):
+    return os.path.join(args.work_dir, "runs", name)
 
 
-def sample_rows(rows, prompts, per_prompt, seed):
-    """At most per_prompt rows of each prompt (random.Random(seed) sample), in file order."""
-    by_prompt = defaultdict(list)
-    for i, r in enumerate(rows):
-        by_prompt[r["prompt"]].append(i)
-    rng = random.Random(seed)
-    keep = []
-    for p in prompts:
-        idx = by_prompt[p]
-        keep += rng.sample(idx, per_prompt) if len(idx) > per_prompt else idx
-    return [rows[i] for i in sorted(keep)]
+def scorer_dir(args):
+    return os.path.join(args.work_dir, "originality_scorer")
 
 
-def write_rows(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps({k: r[k] for k in ("prompt", "response", "score", "task", "item")},
-                               ensure_ascii=False) + "\n")
+def fit_command(args, info):
+    return [sys.executable, "score.py", "fit", "--data", info["paths"]["scorer_train"], "--out", scorer_dir(args)]
+
+
+def train_command(args, info, arm, seed):
+    """crpo.py for one (arm, seed): SFT from the default, or DPO / CrPO from the seed's SFT model."""
+    common = ["--data", info["paths"]["train"], "--out", model_dir(args, f"{arm.name}_s{seed}"),
+              "--lora-rank", str(args.lora_rank), "--batch-size", str(args.batch_size),
+              "--warmup-steps", str(args.warmup_steps), "--max-len", str(args.max_len), "--val-frac", "0",
+              "--seed", str(seed), "--save-every", str(args.save_every), "--device", "cpu"]
+    if arm.kind == "sft":
+        return [sys.executable, "crpo.py", *common, "--objective", "sft", "--sft-min-score", str(args.sft_min_score),
+                "--lr", str(args.sft_lr), "--max-steps", str(args.sft_steps)]
+    lambdas = dict(arm.lambdas)
+    cmd = [sys.executable, "crpo.py", *common, "--model", model_dir(args, f"sft_s{seed}"), "--lr", str(args.lr),
+           "--max-steps", str(args.max_steps), "--beta", str(args.beta), "--min-margin", str(args.min_margin),
+           "--max-pairs-per-response", str(args.max_pairs_per_response), "--precompute-ref",
+           "--score-cache", os.path.join(args.work_dir, "cache"), "--weight-on", arm.weight_on]
+    for k in LAMBDA_NAMES:
+        cmd += [f"--lambda-{k}", str(lambdas.get(k, 0.0))]
+    if lambdas.get("originality", 0) > 0:
+        cmd += ["--originality-model", scorer_dir(args)]
+    return cmd
+
+
+def eval_command(args, info, arm, seed, model_path):
+    """eval.py for one model (named by its arm) at sampling seed `seed`, scored with the experiment's scorer."""
+    return [sys.executable, "eval.py", "--models", f"{arm.name}={model_path}",
+            "--data", info["paths"]["heldout"], "--k", str(args.k), "--max-new-tokens", str(args.max_new_tokens),
+            "--seed", str(seed), "--max-pref-pairs", str(args.max_pref_pairs), "--batch-size",
+            str(args.eval_batch_size), "--originality-model", scorer_dir(args), "--cache-dir",
+            os.path.join(args.work_dir, "cache"), "--device", "cpu",
+            "--out", os.path.join(args.work_dir, "evals", f"{arm.name}_s{seed}.json")]
+
+
+def plan_runs(args, info):
+    """Every (arm, seed) in execution order: per seed, base, SFT, then the arms trained from that SFT model."""
+    runs = []
+    for seed in args.seeds:
+        for arm in arms(args):
+            name = f"{arm.name}_s{seed}"
+            path = "default" if arm.kind == "base" else model_dir(args, name)
+            runs.append(Run(arm, seed, None if arm.kind == "base" else train_command(args, info, arm, seed),
+                            eval_command(args, info, arm, seed, path), path,
+                            os.path.join(args.results, "experiment", f"{name}.json"),
+                            f"sft_s{seed}" if arm.kind == "pref" else None))
+    return runs
+
+
+def portable(cmd, args):
+    """The command as recorded: "python", paths under the work dir as $WORK (a moved work dir still matches)."""
+    return shlex.join(["python"] + [c.replace(args.work_dir, "$WORK") for c in cmd[1:]]) if cmd else None
+
+
+def fingerprint(run, runs_by_name, args, info):
+    """What a finished run's result must match to be reused: its commands, its SFT parent's, the fit, the data."""
+    parent = runs_by_name.get(run.parent)
+    return {"train": portable(run.train_cmd, args), "eval": portable(run.eval_cmd, args),
+            "sft": portable(parent.train_cmd, args) if parent else None,
+            "fit": portable(fit_command(args, info), args), "data_sha256": info["sha256"]}
 
 
 # ----------------------------------------------------------------------------------------------------
-# 3-4. the runs
+# Running
 
 
-def run_logged(cmd, log_path, env):
-    """Run cmd (from the repo root), its output to log_path; exit with its tail on failure. -> seconds."""
+def run_command(cmd, log_path, env):
+    """Run cmd from the repo root, output to log_path -> seconds; ExperimentError (with the log's tail printed) on
+    failure. The one place a child process starts (tests replace it)."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0:
-        with open(log_path) as f:
-            tail = f.read()[-3000:]
-        raise SystemExit(f"failed (exit {rc}): {shlex.join(cmd)}\n--- {log_path} ---\n{tail}")
+        with open(log_path, errors="replace") as f:
+            print("".join(f.readlines()[-20:]), file=sys.stderr)
+        raise ExperimentError(f"exit {rc}: {shlex.join(cmd)} (log above, all of it in {log_path})")
     return time.perf_counter() - t0
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def git_revision():
     """(HEAD + "-dirty" when tracked files differ from it, the differing files): the tree the run used."""
-    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.split("\n")
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.split("\n")
+    except OSError:
+        return None, []
     dirty = [line[3:] for line in dirty if line.strip()]
     return rev + ("-dirty" if dirty else ""), dirty
 
 
-def train_command(args, name, train_path, cache_dir):
-    lambdas = RUNS[name]
-    cmd = [sys.executable, "crpo.py", "--data", train_path, "--out", os.path.join(args.out_dir, "runs", name),
-           "--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-           "--warmup-steps", str(args.warmup_steps), "--lora-rank", str(args.lora_rank), "--beta", str(args.beta),
-           "--max-len", str(args.max_len), "--min-margin", str(args.min_margin),
-           "--max-pairs-per-response", str(args.max_pairs_per_response), "--val-frac", "0", "--seed", str(args.seed),
-           "--precompute-ref", "--save-every", "0", "--score-cache", cache_dir, "--device", "cpu"]
-    for k in DIMS:
-        cmd += [f"--lambda-{k}", str(lambdas.get(k, 0.0))]
-    return cmd
+def finished(run, fp):
+    """True when run's result exists and was made by the same commands on the same data; ExperimentError when it
+    exists but differs (mixing configurations silently would corrupt the statistics)."""
+    if not os.path.isfile(run.result_path):
+        return False
+    old = read_json(run.result_path).get("fingerprint")
+    if old != fp:
+        diff = sorted(k for k in fp if (old or {}).get(k) != fp[k])
+        raise ExperimentError(f"{run.result_path} was made with a different configuration ({', '.join(diff)} "
+                              f"differ); use another --results folder or delete that file to rerun it")
+    return True
 
 
-def last_train_row(out):
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if line.strip()]
-    rows = [r for r in rows if r.get("split") == "train"]
-    first, last = rows[0], rows[-1]
-    return {"steps": last["step"], "first_loss": first["loss"], "last_loss": last["loss"],
-            "mean_reward_accuracy_last10": sum(r["reward_accuracy"] for r in rows[-10:]) / len(rows[-10:]),
-            "mean_reward_margin_last10": sum(r["reward_margin"] for r in rows[-10:]) / len(rows[-10:]),
-            "mean_c": sum(r["mean_c"] for r in rows) / len(rows),
-            "tokens_per_s": sum(r["tokens_per_s"] for r in rows) / len(rows)}
+def train_metrics(out):
+    """The train rows of out/metrics.jsonl (what plot.py draws) and a short summary of the last steps."""
+    rows = [r for r in plot.read_metrics(os.path.join(out, "metrics.jsonl")) if r.get("split") == "train"]
+    last = rows[-10:]
+    summary = {"steps": rows[-1]["step"] if rows else 0, "first_loss": rows[0]["loss"] if rows else None,
+               "last_loss": rows[-1]["loss"] if rows else None}
+    for k in ("reward_accuracy", "reward_margin", "mean_c", "tokens_per_s"):
+        if last and all(k in r for r in last):
+            summary[f"{k}_last10"] = sum(r[k] for r in last) / len(last)
+    return rows, summary
 
 
-TABLE_METRICS = ("novelty", "diversity", "surprise", "quality", "distinct", "length", "pref_accuracy")
+def ensure_trained(run, key, args, env, log):
+    """Train run's model unless WORK/runs/<name>/done.json holds the same key (its command, its SFT parent's, the
+    fit and the data: fingerprint without eval). A saved training state of a run started with the same key and
+    not done (killed) continues with --resume; any other state is started over. -> the done.json dict."""
+    done_path, started_path = (os.path.join(run.model_dir, f) for f in ("done.json", "started.json"))
+    if os.path.isfile(done_path) and read_json(done_path).get("key") == key:
+        return read_json(done_path)
+    resume = (os.path.isfile(os.path.join(run.model_dir, "train_state.pt")) and os.path.isfile(started_path)
+              and read_json(started_path).get("key") == key and not os.path.isfile(done_path))
+    if not resume and os.path.isdir(run.model_dir):
+        shutil.rmtree(run.model_dir)  # another configuration's model or state: never continue from it
+    split.write_atomic(started_path, json.dumps({"key": key}))
+    log(f"[{run.name}] {'resuming' if resume else 'training'} ({time.strftime('%H:%M:%S')})")
+    seconds = run_command(run.train_cmd + (["--resume"] if resume else []),
+                          os.path.join(args.work_dir, "logs", f"train_{run.name}.log"), env)
+    rows, summary = train_metrics(run.model_dir)
+    done = {"key": key, "command": key["train"], "seconds": seconds, "resumed": resume, "summary": summary,
+            "metrics": rows}
+    split.write_atomic(done_path, json.dumps(done, indent=1))
+    log(f"[{run.name}] trained in {seconds:.0f} s: {json.dumps(summary)}")
+    return done
 
 
-def paired_differences(models, baseline="dpo", *, n_boot=1000, seed=0):
-    """{model: {metric: {"mean", "lo", "hi"}}}: per-prompt difference model - baseline on the same prompts,
-    mean over prompts and its 95% percentile bootstrap interval over prompts (eval.bootstrap_interval). Preference
-    accuracy is left out (its per-prompt pair counts differ in weight)."""
-    import eval as evaluation
-    base = {r["prompt"]: r for r in models[baseline]["per_prompt"]}
-    out = {}
-    for name, res in models.items():
-        if name == baseline:
-            continue
-        out[name] = {}
-        for metric in TABLE_METRICS[:-1]:
-            diffs = [r[metric] - base[r["prompt"]][metric] for r in res["per_prompt"]]
-            mean, lo, hi = evaluation.bootstrap_interval(diffs, n_boot=n_boot, seed=seed)
-            out[name][metric] = {"mean": mean, "lo": lo, "hi": hi}
-    return out
+def train_key(run, by_name, args, info):
+    return {k: v for k, v in fingerprint(run, by_name, args, info).items() if k != "eval"}
 
 
-def markdown_table(models):
-    head = ["model", *TABLE_METRICS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in models.items():
-        cells = [f"{r[m]['mean']:.3g} [{r[m]['lo']:.3g}, {r[m]['hi']:.3g}]" if m in r else "-" for m in TABLE_METRICS]
-        lines.append("| " + " | ".join([name] + cells) + " |")
-    return "\n".join(lines)
+def slim_eval(ev):
+    """eval.py's JSON for one model -> (name, result without per-generation score lists: they stay in WORK)."""
+    (name, res), = ev["models"].items()
+    per_prompt = [{k: v for k, v in r.items() if k != "per_generation"} for r in res["per_prompt"]]
+    return name, {**res, "per_prompt": per_prompt}
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    t_start = time.perf_counter()
-    os.makedirs(os.path.join(args.out_dir, "runs"), exist_ok=True)
-    os.makedirs(os.path.join(args.out_dir, "logs"), exist_ok=True)
-    os.makedirs(args.results, exist_ok=True)
-    env = dict(os.environ)
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
-    cache_dir = os.path.join(args.out_dir, "cache")
-    revision, dirty_files = git_revision()
+def ensure_fitted(args, info, env, log):
+    """The originality scorer (WORK/originality_scorer) fitted on the training prompts, once -> its record."""
+    done_path = os.path.join(scorer_dir(args), "done.json")
+    cmd = portable(fit_command(args, info), args)
+    key = {"command": cmd, "data_sha256": info["sha256"]["scorer_train"]}
+    if os.path.isfile(done_path) and read_json(done_path).get("key") == key:
+        return read_json(done_path)
+    log(f"[originality scorer] fitting on {len(info['train_prompts'])} training prompts ({time.strftime('%H:%M:%S')})")
+    seconds = run_command(fit_command(args, info), os.path.join(args.work_dir, "logs", "fit_scorer.log"), env)
+    done = {"key": key, "command": cmd, "seconds": seconds, "training_prompts": info["train_prompts"]}
+    split.write_atomic(done_path, json.dumps(done, indent=1))
+    split.write_atomic(os.path.join(args.results, "experiment", "originality_scorer.json"), json.dumps(done, indent=1))
+    return done
+
+
+def execute(args, info, runs, env, log):
+    """Run what is not finished, in order; write each run's result JSON as soon as it is evaluated."""
+    by_name = {r.name: r for r in runs}
+    todo = [r for r in runs if not finished(r, fingerprint(r, by_name, args, info))]
+    for r in runs:
+        if r not in todo:
+            log(f"[{r.name}] finished earlier: {os.path.relpath(r.result_path, ROOT)}")
+    if not todo:
+        return
+    revision, dirty = git_revision()
     command = shlex.join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:])
-    print(f"git {revision}{' (' + ', '.join(dirty_files) + ' differ from it)' if dirty_files else ''}; {command}")
+    fit = ensure_fitted(args, info, env, log)
+    for run in todo:
+        if run.parent:  # deleted or never trained: (re)train it first
+            parent = by_name[run.parent]
+            ensure_trained(parent, train_key(parent, by_name, args, info), args, env, log)
+        train = ensure_trained(run, train_key(run, by_name, args, info), args, env, log) if run.train_cmd else None
+        log(f"[{run.name}] evaluating ({time.strftime('%H:%M:%S')})")
+        seconds = run_command(run.eval_cmd, os.path.join(args.work_dir, "logs", f"eval_{run.name}.log"), env)
+        name, res = slim_eval(read_json(run.eval_cmd[run.eval_cmd.index("--out") + 1]))
+        result = {"arm": run.arm.name, "seed": run.seed, "model": name, "experiment_command": command,
+                  "git_revision": revision, "dirty_files": dirty,
+                  "fingerprint": fingerprint(run, by_name, args, info), "lambdas": dict(run.arm.lambdas),
+                  "weight_on": run.arm.weight_on if run.arm.kind == "pref" else None,
+                  "training_signal": list(run.arm.signal), "fit_seconds": fit["seconds"],
+                  "train": train and {k: train[k] for k in ("seconds", "resumed", "summary", "metrics")},
+                  "eval": {"seconds": seconds, "k": args.k, "n_prompts": len(res["per_prompt"])},
+                  "metrics": {k: v for k, v in res.items() if k not in ("per_prompt", "generations")},
+                  "per_prompt": res["per_prompt"], "generations": res.get("generations")}
+        split.write_atomic(run.result_path, json.dumps(result, ensure_ascii=False, indent=1))
+        log(f"[{run.name}] evaluated in {seconds:.0f} s -> {os.path.relpath(run.result_path, ROOT)}")
+        if args.delete_models:
+            delete_unneeded_models(runs, log)
 
-    rows, report = data.read_rows(args.data)
-    print(report.summary())
-    rows = [r for r in rows if r.get("task") in TASKS and r.get("item")]
-    heldout, train_prompts = split_prompts(rows, args.heldout_per_task, args.seed)
-    train_rows = sample_rows(rows, train_prompts, args.train_responses_per_prompt, args.seed)
-    held_rows = sample_rows(rows, heldout, args.heldout_responses_per_prompt, args.seed)
-    train_path = os.path.join(args.out_dir, "train.jsonl")
-    held_path = os.path.join(args.out_dir, "heldout.jsonl")
-    write_rows(train_path, train_rows)
-    write_rows(held_path, held_rows)
-    task_of = {r["prompt"]: r["task"] for r in rows}
-    print(f"held out {len(heldout)} prompts ({', '.join(f'{t}: {sum(task_of[p] == t for p in heldout)}' for t in TASKS)})"
-          f", {len(held_rows)} rated responses -> {held_path}")
-    for p in heldout:
-        print(f"  [{task_of[p]}] {p}")
-    print(f"training: {len(train_prompts)} prompts, {len(train_rows)} rated responses -> {train_path}")
-    pairs, pair_stats = data.build_pairs(data.read_rows(train_path)[0], min_margin=args.min_margin,
-                                         max_pairs_per_response=args.max_pairs_per_response, seed=args.seed)
-    print(data.pairs_summary(pair_stats))
-    steps_per_epoch = -(-len(pairs) // args.batch_size)
-    print(f"budget per training run: {args.max_steps} steps x {args.batch_size} pairs = "
-          f"{args.max_steps * args.batch_size} pairs seen ({args.max_steps / steps_per_epoch:.2f} epochs of "
-          f"{len(pairs)} pairs), LoRA rank {args.lora_rank}, lr {args.lr:g}, beta {args.beta:g}, "
-          f"max-len {args.max_len}; {len(args.runs)} runs")
-    print(f"evaluation: {len(heldout)} held-out prompts x k = {args.k} x {args.max_new_tokens} new tokens "
-          f"x {len(args.runs) + 1} models, {args.max_pref_pairs} human pairs for preference accuracy; "
-          f"OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', '(torch default)')}")
 
-    timings, train_info = {}, {}
-    for name in args.runs:
-        cmd = train_command(args, name, train_path, cache_dir)
-        out = os.path.join(args.out_dir, "runs", name)
-        done = os.path.join(out, "done.json")
-        if os.path.isfile(done) and json.load(open(done)).get("command") == cmd[1:]:
-            info = json.load(open(done))
-            print(f"[{name}] already trained with this command ({info['seconds']:.0f} s), reusing {out}")
-        else:
-            print(f"[{name}] training ... ({time.strftime('%H:%M:%S')})", flush=True)
-            seconds = run_logged(cmd, os.path.join(args.out_dir, "logs", f"train_{name}.log"), env)
-            info = {"command": cmd[1:], "seconds": seconds, "metrics": last_train_row(out)}
-            with open(done, "w") as f:
-                json.dump(info, f, indent=1)
-        train_info[name] = info
-        timings[f"train_{name}"] = info["seconds"]
-        m = info["metrics"]
-        print(f"[{name}] {info['seconds']:.0f} s: loss {m['first_loss']:.4f} -> {m['last_loss']:.4f}, reward "
-              f"accuracy (last 10 steps) {m['mean_reward_accuracy_last10']:.2f}, mean c {m['mean_c']:.3f}, "
-              f"{m['tokens_per_s']:.0f} tokens/s", flush=True)
+def delete_unneeded_models(runs, log):
+    """Remove WORK/runs/<name> of every evaluated run whose model no unfinished run starts from."""
+    pending_parents = {r.parent for r in runs if r.parent and not os.path.isfile(r.result_path)}
+    for r in runs:
+        if (r.train_cmd and os.path.isdir(r.model_dir) and os.path.isfile(r.result_path)
+                and r.name not in pending_parents):
+            shutil.rmtree(r.model_dir)
+            log(f"[{r.name}] model deleted (--delete-models)")
 
-    eval_json = os.path.join(args.out_dir, "eval.json")
-    eval_cmd = [sys.executable, "eval.py", "--models", "base=default",
-                *[f"{name}={os.path.join(args.out_dir, 'runs', name)}" for name in args.runs],
-                "--data", held_path, "--k", str(args.k), "--max-new-tokens", str(args.max_new_tokens),
-                "--seed", str(args.seed), "--max-pref-pairs", str(args.max_pref_pairs),
-                "--batch-size", str(args.eval_batch_size), "--cache-dir", cache_dir, "--device", "cpu",
-                "--out", eval_json, "--report", os.path.join(args.out_dir, "eval.md")]
-    print(f"[eval] {len(args.runs) + 1} models ... ({time.strftime('%H:%M:%S')})", flush=True)
-    timings["eval"] = run_logged(eval_cmd, os.path.join(args.out_dir, "logs", "eval.log"), env)
-    timings["wall_this_invocation"] = time.perf_counter() - t_start  # reused runs cost nothing here
-    with open(eval_json) as f:
-        ev = json.load(f)
 
-    shared = {"experiment_command": command, "git_revision": revision, "dirty_files": dirty_files, "seed": args.seed,
-              "eval_command": shlex.join(["python"] + eval_cmd[1:]), "heldout_prompts": heldout,
-              "eval_config": ev["config"]}
-    for name, res in ev["models"].items():
-        out = {"model": name, **shared,
-               "metrics": {k: v for k, v in res.items() if k not in ("per_prompt", "generations")},
-               "per_prompt": res["per_prompt"], "generations": res["generations"]}
-        if name in train_info:
-            out["train_command"] = shlex.join(["python"] + train_info[name]["command"])
-            out["lambdas"] = {k: RUNS[name].get(k, 0.0) for k in DIMS}
-            out["train"] = {"seconds": train_info[name]["seconds"], **train_info[name]["metrics"]}
-        with open(os.path.join(args.results, f"{name}.json"), "w") as f:
-            json.dump(out, f, ensure_ascii=False, indent=1)
-    summary = {**{k: v for k, v in shared.items() if k != "eval_config"}, "args": vars(args),
-               "data_report": report.summary(), "n_train_prompts": len(train_prompts),
-               "n_train_rows": len(train_rows), "n_heldout_rows": len(held_rows), "pair_stats": pair_stats,
-               "n_pairs": len(pairs), "timings_s": timings,
-               "models": {n: {k: v for k, v in r.items() if k not in ("per_prompt", "generations")}
-                          for n, r in ev["models"].items()}}
-    if "dpo" in ev["models"]:
-        summary["paired_minus_dpo"] = paired_differences(ev["models"], seed=args.seed)
-    summary["table_markdown"] = markdown_table(ev["models"])
-    with open(os.path.join(args.results, "experiment.json"), "w") as f:
-        json.dump(summary, f, ensure_ascii=False, indent=1, default=str)
+# ----------------------------------------------------------------------------------------------------
+# --plan: the runs and what they should cost
 
-    print()
-    print(summary["table_markdown"])
-    if "paired_minus_dpo" in summary:
-        print("\nper-prompt difference to dpo, mean [95% bootstrap interval over prompts]:")
-        print(markdown_table(summary["paired_minus_dpo"]))
-    print("\ntimings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    print(f"wrote {len(ev['models'])} model files and experiment.json to {args.results}")
+
+def measured_costs(args, runs):
+    """Seconds per training step (per kind, scaled to --batch-size), per generated eval sample, and the fit, from
+    this experiment's finished runs; the planning defaults (COST_*) where nothing is measured yet."""
+    done = [read_json(r.result_path) for r in runs if os.path.isfile(r.result_path)]
+    step = {}
+    for kind in ("sft", "pref"):
+        trained = [d["train"] for d in done if d.get("train") and d["arm"] in {a.name for a in arms(args)
+                                                                                   if a.kind == kind}]
+        steps = sum(t["summary"]["steps"] for t in trained)
+        step[kind] = (sum(t["seconds"] for t in trained) / steps, "measured") if steps else (
+            COST_STEP_S * args.batch_size / COST_STEP_BATCH, "planning default")
+    samples = sum(d["eval"]["k"] * d["eval"]["n_prompts"] for d in done)
+    sample = (sum(d["eval"]["seconds"] for d in done) / samples, "measured") if samples else (
+        COST_EVAL_SAMPLE_S, "planning default")
+    fit_record = os.path.join(args.results, "experiment", "originality_scorer.json")
+    fit = (read_json(fit_record)["seconds"], "measured") if os.path.isfile(fit_record) else (
+        args.cost_fit_s, "ASSUMED (--cost-fit-s), not measured")
+    return {"step_sft": step["sft"], "step_pref": step["pref"], "eval_sample": sample, "fit": fit}
+
+
+def run_status(run, by_name, args, info):
+    try:
+        if finished(run, fingerprint(run, by_name, args, info)):
+            return "done"
+    except ExperimentError:
+        return "DIFFERENT CONFIG (delete its result to rerun)"
+    key = train_key(run, by_name, args, info) if run.train_cmd else None
+    marker = lambda f: os.path.isfile(os.path.join(run.model_dir, f)) and read_json(  # noqa: E731
+        os.path.join(run.model_dir, f)).get("key") == key
+    if run.train_cmd and marker("done.json"):
+        return "trained, eval to do"
+    if run.train_cmd and marker("started.json") and os.path.isfile(os.path.join(run.model_dir, "train_state.pt")):
+        return "killed: resumes"
+    return "to do"
+
+
+def print_plan(args, info, runs, log):
+    by_name = {r.name: r for r in runs}
+    cost = measured_costs(args, runs)
+    n_prompts = len(info["heldout_prompts"])
+    steps = {"sft": args.sft_steps, "pref": args.max_steps}
+    log(f"costs: SFT step {cost['step_sft'][0]:.1f} s ({cost['step_sft'][1]}), DPO/CrPO step "
+        f"{cost['step_pref'][0]:.1f} s ({cost['step_pref'][1]}), eval {cost['eval_sample'][0]:.2f} s per sample "
+        f"({cost['eval_sample'][1]}), scorer fit {cost['fit'][0]:.0f} s ({cost['fit'][1]})")
+    total = left = cost["fit"][0]
+    fit_done = os.path.isfile(os.path.join(args.results, "experiment", "originality_scorer.json"))
+    left = 0 if fit_done else left
+    log(f"  {'originality_scorer':18s} {'done' if fit_done else 'to do':30s} fit {cost['fit'][0]:6.0f} s  "
+        f"{portable(fit_command(args, info), args)}")
+    train_runs, eval_s = 0, 0.0
+    for r in runs:
+        status = run_status(r, by_name, args, info)
+        t_train = steps[r.arm.kind] * cost[f"step_{r.arm.kind}"][0] if r.train_cmd else 0.0
+        t_eval = args.k * n_prompts * cost["eval_sample"][0]
+        train_runs, eval_s = train_runs + bool(r.train_cmd), eval_s + t_eval
+        total += t_train + t_eval
+        left += 0 if status == "done" else t_eval + (0 if status == "trained, eval to do" else t_train)
+        log(f"  {r.name:18s} {status:30s} train {t_train:6.0f} s, eval {t_eval:5.0f} s")
+        for cmd in (r.train_cmd, r.eval_cmd):
+            if cmd:
+                log(f"      {portable(cmd, args)}")
+    budget = args.budget_min * 60
+    log(f"{len(runs)} runs ({train_runs} trained, {len(runs)} evaluated at k = {args.k} on {n_prompts} held-out "
+        f"prompts), seeds {args.seeds}: estimated {total / 60:.0f} min in all, {left / 60:.0f} min left to run; "
+        f"budget {args.budget_min:.0f} min: {'fits' if total <= budget else 'OVER BUDGET'}")
+    per_step = (cost["step_sft"][0] * len(args.seeds) + cost["step_pref"][0] * (train_runs - len(args.seeds)))
+    fit_steps = int((budget - eval_s - cost["fit"][0]) / per_step) if per_step > 0 else 0
+    log(f"steps per training run that fill the budget (SFT and DPO/CrPO alike): {fit_steps} "
+        f"(--sft-steps {fit_steps} --max-steps {fit_steps})")
+    return {"total_s": total, "left_s": left, "fit_steps": fit_steps}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Summary
+
+
+def write_summary(args, info, runs, log):
+    """RESULTS/experiment_summary.json and RESULTS/experiment.png from the finished runs' result files."""
+    by_name, current, stale = {r.name: r for r in runs}, [], []
+    for r in runs:
+        try:
+            current += [r.result_path] if finished(r, fingerprint(r, by_name, args, info)) else []
+        except ExperimentError:
+            stale.append(r.name)  # another configuration's result: never mixed into the statistics
+    by_arm = report.load_results(current)
+    if not by_arm:
+        log("no finished runs yet: no summary")
+        return None
+    signal = {a.name: a.signal for a in arms(args)}
+    stats_part, paired = report.summarize(by_arm, [a.name for a in arms(args)], signal, reference=REFERENCE,
+                                          n_boot=args.bootstrap, seed=args.split_seed)
+    revision, dirty = git_revision()
+    results = [r for rs in by_arm.values() for r in rs]
+    fit_record = os.path.join(args.results, "experiment", "originality_scorer.json")
+    summary = {"experiment_command": shlex.join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)]
+                                                + sys.argv[1:]),
+               "git_revision_now": revision, "dirty_files_now": dirty,
+               "git_revisions_of_runs": sorted({r["git_revision"] or "?" for r in results}),
+               "seeds": args.seeds, "split_seed": args.split_seed, "args": vars(args),
+               "heldout_prompts": info["heldout_prompts"], "n_train_prompts": len(info["train_prompts"]),
+               "data_rows": info["rows"], "sft_rows": info["sft_rows"], "data_sha256": info["sha256"],
+               "fit_command": portable(fit_command(args, info), args),
+               "fit_seconds": read_json(fit_record)["seconds"] if os.path.isfile(fit_record) else None,
+               "commands": {f"{r['arm']}_s{r['seed']}": {"train": r["fingerprint"]["train"],
+                                                         "eval": r["fingerprint"]["eval"]} for r in results},
+               "seconds": {f"{r['arm']}_s{r['seed']}": {"train": r["train"] and r["train"]["seconds"],
+                                                        "eval": r["eval"]["seconds"]} for r in results},
+               "runs_missing": [r.name for r in runs if r.result_path not in current], "runs_stale": stale,
+               **stats_part}
+    split.write_atomic(os.path.join(args.results, "experiment_summary.json"),
+                 json.dumps(summary, ensure_ascii=False, indent=1))
+    log(summary["table_means_markdown"])
+    if paired:
+        log("\n" + summary["table_paired_markdown"])
+        try:
+            report.draw_figure(paired, signal, os.path.join(args.results, "experiment.png"), reference=REFERENCE)
+        except plot.PlotError as e:
+            log(f"no figure: {e}")
+    log(f"wrote {os.path.join(args.results, 'experiment_summary.json')}"
+        + (f" ({len(summary['runs_missing'])} runs missing)" if summary["runs_missing"] else ""))
+    return summary
+
+
+def main(argv=None, log=print):
+    args = parse_args(argv)
+    try:
+        info = split.prepare_data(args)
+        runs = plan_runs(args, info)
+        tasks = sorted({p["task"] for p in info["heldout_prompts"]})
+        log(f"held out {len(info['heldout_prompts'])} prompts ({len(tasks)} tasks), {len(info['train_prompts'])} "
+            f"training prompts; {info['rows']['train']} training rows ({info['sft_rows']} rated >= "
+            f"{args.sft_min_score:g} for SFT), {info['rows']['heldout']} held-out rows; seeds {args.seeds}")
+        if args.plan:
+            print_plan(args, info, runs, log)
+            return 0
+        if not args.summary_only:
+            env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
+            t0 = time.perf_counter()
+            execute(args, info, runs, env, log)
+            log(f"runs finished in {time.perf_counter() - t0:.0f} s (this invocation)")
+        write_summary(args, info, runs, log)
+    except (ExperimentError, split.SplitError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
