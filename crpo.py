@@ -520,45 +520,41 @@ def train(args, progress=None):
         progress["run"] = run
 
     # 5. the loop
-    bar = tqdm(total=total_steps, initial=run.step, desc=args.objective, disable=not run.main, dynamic_ncols=True)
-    window, window_time, last_train, last_val = {}, 0.0, None, None  # metric sums since the last logged step
-    while run.step < total_steps:
-        order = np.random.default_rng([args.seed, run.epoch]).permutation(n_train)  # f(seed, epoch) only
-        step_idx = order[run.pos * step_pairs:(run.pos + 1) * step_pairs]
-        if len(step_idx) == 0:
-            run.epoch, run.pos = run.epoch + 1, 0
-            continue
-        lr = learning_rate(run.step, lr=args.lr, warmup_steps=args.warmup_steps, total_steps=total_steps)
-        for group in run.opt.param_groups:
-            group["lr"] = lr
-        t0 = time.perf_counter()
-        try:
+    with tqdm(total=total_steps, initial=run.step, desc=args.objective, disable=not run.main, dynamic_ncols=True) as bar:
+        window, window_time, last_train, last_val = {}, 0.0, None, None  # metric sums since the last logged step
+        while run.step < total_steps:
+            order = np.random.default_rng([args.seed, run.epoch]).permutation(n_train)  # f(seed, epoch) only
+            step_idx = order[run.pos * step_pairs:(run.pos + 1) * step_pairs]
+            if len(step_idx) == 0:
+                run.epoch, run.pos = run.epoch + 1, 0
+                continue
+            lr = learning_rate(run.step, lr=args.lr, warmup_steps=args.warmup_steps, total_steps=total_steps)
+            for group in run.opt.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
             sums, grad_norm = train_step(run, step_idx)
-        except CrpoError:
-            bar.close()
-            raise
-        run.step, run.pos = run.step + 1, run.pos + 1
-        if run.pos * step_pairs >= n_train:
-            run.epoch, run.pos = run.epoch + 1, 0
-        window, window_time = add_sums(window, sums), window_time + time.perf_counter() - t0
-        if run.step % args.log_every == 0 or run.step == total_steps:
-            last_train = {"step": run.step, "split": "train", "epoch": round(run.epoch + run.pos / steps_per_epoch, 4),
-                          **means(window), "lr": lr, "grad_norm": grad_norm, "tokens_per_s": window["tokens"] / window_time}
-            outputs.write_metrics(run, last_train)
-            bar.set_postfix(progress_numbers(last_train, window))
-            window, window_time = {}, 0.0
-        bar.update(1)
-        if args.save_every > 0 and run.step % args.save_every == 0 and run.step < total_steps:
-            outputs.save_state(run)
-        if splits["val"].pairs and args.eval_every > 0 and run.step % args.eval_every == 0 and run.step < total_steps:
-            last_val = validate(run)
-    bar.close()
+            run.step, run.pos = run.step + 1, run.pos + 1
+            if run.pos * step_pairs >= n_train:
+                run.epoch, run.pos = run.epoch + 1, 0
+            window, window_time = add_sums(window, sums), window_time + time.perf_counter() - t0
+            if run.step % args.log_every == 0 or run.step == total_steps:
+                last_train = {"step": run.step, "split": "train", "epoch": round(run.epoch + run.pos / steps_per_epoch, 4),
+                              **means(window), "lr": lr, "grad_norm": grad_norm, "tokens_per_s": window["tokens"] / window_time}
+                outputs.write_metrics(run, last_train)
+                bar.set_postfix(progress_numbers(last_train, window))
+                window, window_time = {}, 0.0
+            bar.update(1)
+            if args.save_every > 0 and run.step % args.save_every == 0 and run.step < total_steps:
+                outputs.save_state(run)
+            if splits["val"].pairs and args.eval_every > 0 and run.step % args.eval_every == 0 and run.step < total_steps:
+                last_val = validate(run)
 
     # 6. the end: state, validation, final model, summary
     outputs.save_state(run)
     if splits["val"].pairs:
         last_val = validate(run)
     outputs.export_final(run)
+    outputs.draw_curves(run)
     distributed.barrier(world)
     log(outputs.summary(run, time.time() - t_start, last_train, last_val))
     return 0

@@ -39,10 +39,16 @@ from tqdm import tqdm
 
 import data
 import model as modeling
+import plot
 import score
 from measures import unit_rows, word_tokens
 
 OTHER_METRICS = ("distinct", "length", "distinct_1", "distinct_2", "pref_accuracy")  # after the score dimensions
+# Two generations are one "class" when their embeddings' cosine is >= this. Calibrated with
+# benchmarks/calibrate_distinct.py (README): at 0.9, 40-token samples of the default model were all distinct at
+# temperature 0.3 and at 1.0 alike; at this threshold the two temperatures separate.
+DISTINCT_THRESHOLD = 0.9
+DISTINCT_EXTRA = (0.7, 0.8, 0.9)  # also reported as distinct@t
 PREF_RESPONSES_PER_PROMPT = 32  # rated responses sampled per prompt before pairing (1,500 ratings: no 1M pairs)
 
 
@@ -51,8 +57,10 @@ def eval_dims():
     return score.paper_dims()
 
 
-def metrics():
-    return [*eval_dims(), *OTHER_METRICS]
+def metrics(per_prompt=()):
+    """The reported metrics in table order (per_prompt rows add their distinct@t columns)."""
+    extra = sorted({k for r in per_prompt for k in r if k.startswith("distinct@")})
+    return [*eval_dims(), *OTHER_METRICS[:1], *extra, *OTHER_METRICS[1:]]
 
 
 class EvalError(Exception):
@@ -141,11 +149,12 @@ def equivalence_classes(E, threshold):
     return labels
 
 
-def score_generations(generations, *, scorer, tokenizer, encoder, reference=None, threshold=0.9, cache_dir=None,
-                      batch_size=16, show_progress=True):
+def score_generations(generations, *, scorer, tokenizer, encoder, reference=None, threshold=DISTINCT_THRESHOLD,
+                      extra_thresholds=(), cache_dir=None, batch_size=16, show_progress=True):
     """Per-prompt metrics of {prompt: [k texts]} -> list of dicts (prompt order). Novelty, diversity, surprise
     and quality are score.py's RAW values (score_groups' "<dim>_raw"), averaged over the k generations;
-    duplicates stay in the group (k identical texts: diversity 0)."""
+    duplicates stay in the group (k identical texts: diversity 0). distinct uses `threshold`; each of
+    extra_thresholds t adds "distinct@t"."""
     prompts = list(generations)
     groups = [{"prompt": p, "responses": list(generations[p])} for p in prompts]
     results, _ = score.score_groups(groups, eval_dims(), model=scorer, tokenizer=tokenizer, encoder=encoder,
@@ -162,6 +171,8 @@ def score_generations(generations, *, scorer, tokenizer, encoder, reference=None
         row.update({d: float(np.mean(res[f"{d}_raw"])) for d in eval_dims()})
         row.update(distinct=len(set(labels)) / len(texts), classes=len(set(labels)), length=float(np.mean(lengths)),
                    distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))
+        for t in extra_thresholds:
+            row[f"distinct@{t:g}"] = len(set(equivalence_classes(np.stack([vectors[x] for x in texts]), t))) / len(texts)
         row["per_generation"] = {**{d: [float(v) for v in res[f"{d}_raw"]] for d in eval_dims()},
                                  "class": labels, "length": lengths}
         rows.append(row)
@@ -244,7 +255,7 @@ def bootstrap_interval(values, weights=None, *, n_boot=1000, seed=0, level=0.95)
 def summarize(per_prompt, pref=None, *, n_boot=1000, seed=0):
     """{metric: {"mean", "lo", "hi"}} over prompts; pref_accuracy (pairs-weighted over prompts) when pref has pairs."""
     out = {}
-    for metric in metrics()[:-1]:
+    for metric in metrics(per_prompt)[:-1]:
         mean, lo, hi = bootstrap_interval([r[metric] for r in per_prompt], n_boot=n_boot, seed=seed)
         out[metric] = {"mean": mean, "lo": lo, "hi": hi}
     if pref:
@@ -261,7 +272,7 @@ def fmt(x):
 
 def table(results, markdown=False):
     """One row per model: mean [lo, hi] per metric."""
-    shown = [m for m in metrics() if any(m in r for r in results.values())]
+    shown = [m for m in metrics([{k: 0 for r in results.values() for k in r}]) if any(m in r for r in results.values())]
     head = ["model"] + shown
     rows = [[name] + [f"{fmt(r[m]['mean'])} [{fmt(r[m]['lo'])}, {fmt(r[m]['hi'])}]" if m in r else "-" for m in shown]
             for name, r in results.items()]
@@ -312,9 +323,19 @@ def git_revision():
 # CLI
 
 
+def _thresholds(text):
+    """"0.7,0.8" -> [0.7, 0.8]; None when a value is not a cosine."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        return None
+    return values if all(-1 <= v <= 1 for v in values) else None
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="Sample k responses per prompt from each model and compare novelty, "
-                                             "diversity, surprise, quality, distinct, ... (mean and 95% bootstrap interval).")
+                                             "diversity, surprise, quality, distinct, ... (mean and 95% bootstrap interval).",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--models", nargs="+", required=True, metavar="NAME=PATH",
                     help="models to evaluate; PATH = HF folder, .gguf file, or 'default' (embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--data", required=True, help="rating or preference rows (JSON Lines); its unique prompts are used")
@@ -329,8 +350,11 @@ def parse_args(argv=None):
     ap.add_argument("--scorer-model", help="the ONE model that scores surprise and quality for every evaluated model "
                                            "(default: the embedded default)")
     ap.add_argument("--encoder", help="sentence encoder folder (default: the embedded all-MiniLM-L6-v2)")
-    ap.add_argument("--distinct-threshold", type=float, default=0.9,
-                    help="two generations are one class when their embeddings' cosine >= this")
+    ap.add_argument("--distinct-threshold", type=float, default=DISTINCT_THRESHOLD,
+                    help="two generations are one class when their embeddings' cosine >= this (calibrated, see README)")
+    ap.add_argument("--distinct-extra", default=",".join(f"{t:g}" for t in DISTINCT_EXTRA),
+                    help="more thresholds, reported as distinct@t ('' for none)")
+    ap.add_argument("--plot", help="also draw each metric per model with its interval to this PNG (needs matplotlib)")
     ap.add_argument("--batch-size", type=int, default=64, help="sequences per generation batch (and LM scoring batch)")
     ap.add_argument("--max-pref-pairs", type=int, default=200, help="human pairs for preference accuracy (0: skip)")
     ap.add_argument("--pref-margin", type=float, default=1.0, help="min rating difference of a human pair")
@@ -343,6 +367,7 @@ def parse_args(argv=None):
               (args.temperature >= 0, "--temperature must be >= 0"), (0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
               (args.max_prompts is None or args.max_prompts >= 1, "--max-prompts must be >= 1"),
               (-1 <= args.distinct_threshold <= 1, "--distinct-threshold must be a cosine in [-1, 1]"),
+              (_thresholds(args.distinct_extra) is not None, "--distinct-extra must be cosines in [-1, 1], e.g. 0.7,0.8"),
               (args.batch_size >= 1, "--batch-size must be >= 1"), (args.bootstrap >= 0, "--bootstrap must be >= 0"),
               (args.max_pref_pairs >= 0, "--max-pref-pairs must be >= 0"),
               (math.isfinite(args.pref_margin) and args.pref_margin >= 0, "--pref-margin must be >= 0")]
@@ -388,6 +413,8 @@ def run(args):
         t0 = time.perf_counter()
         per_prompt = score_generations(generations, scorer=scorer, tokenizer=scorer_tok, encoder=encoder,
                                        reference=reference, threshold=args.distinct_threshold,
+                                       extra_thresholds=[t for t in _thresholds(args.distinct_extra)
+                                                         if t != args.distinct_threshold],
                                        cache_dir=args.cache_dir, batch_size=args.batch_size)
         t_score = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -432,6 +459,14 @@ def main(argv=None):
     if args.report:
         write_atomic(args.report, markdown_report(out) + "\n")
         print(f"wrote {args.report}")
+    if args.plot:
+        try:
+            plot.draw_intervals(plot.eval_series(out), args.plot, title=f"eval.py: {args.data}",
+                                xlabel="mean [95% bootstrap interval over prompts]")
+            print(f"wrote {args.plot}")
+        except plot.PlotError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

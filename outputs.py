@@ -13,6 +13,7 @@ import torch
 import distributed
 import model as checkpoint  # TEMP: until the split lands
 import model
+import plot
 
 STATE_FILE = "train_state.pt"  # everything --resume needs
 METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step (train) and per validation (val)
@@ -128,10 +129,18 @@ def summary(run, seconds, last_train, last_val):
     lines.append(f"  model (HF layout{', LoRA merged' if run.lora else ''}): {out}/ ({gib(size(out) - size(run.path(STATE_FILE)) - (size(run.path('adapter')) if run.lora else 0))})")
     if run.lora:
         lines.append(f"  adapter: {run.path('adapter')}/ ({gib(size(run.path('adapter')))})")
-    lines.append(f"  metrics: {run.path(METRICS_FILE)}")
+    lines.append(f"  metrics: {run.path(METRICS_FILE)}" + (f" (curves: {run.path('curves.png')})"
+                                                            if os.path.isfile(run.path("curves.png")) else ""))
     lines.append(f"  resume state: {run.path(STATE_FILE)} ({gib(size(run.path(STATE_FILE)))}; delete it to keep less)")
     lines.append(f"  total on disk: {gib(size(out))}")
     return "\n".join(lines)
+
+
+def draw_curves(run):
+    """--out/curves.png from metrics.jsonl when matplotlib is installed (training never requires it)."""
+    if run.main and plot.have_matplotlib():
+        plot.draw_curves(plot.curve_series(plot.read_metrics(run.path(METRICS_FILE))), run.path("curves.png"),
+                         title=run.args.out)
 
 
 def command_line(argv=None):

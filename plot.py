@@ -12,10 +12,12 @@ values (the raw values stay drawn, faint).
 Evaluation chart: eval.py's JSON {"models": {NAME: {METRIC: {"mean", "lo", "hi"}, ...}}} (eval.summarize), one
 panel per metric, each model's mean as a dot and its 95% bootstrap interval [lo, hi] as a bar.
 
-matplotlib is an optional dependency: training and evaluation never import this file; the drawing functions
-import matplotlib when called and raise PlotError ("pip install matplotlib") when it is missing.
+matplotlib is an optional dependency: crpo.py draws --out/curves.png at the end of a run and eval.py --plot draws
+its chart only when it is installed; the drawing functions import matplotlib when called and raise PlotError
+("pip install matplotlib") when it is missing.
 """
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -114,6 +116,10 @@ def eval_series(report, metrics=None):
 
 # ----------------------------------------------------------------------------------------------------
 # Drawing
+
+
+def have_matplotlib():
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def new_figure(figsize):

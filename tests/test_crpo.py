@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -20,6 +21,7 @@ import data
 import distributed
 import model
 import outputs
+import registry
 import score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -355,12 +357,14 @@ def test_precomputed_reference_and_checkpointing_change_nothing(kind, tiny, rati
     for split in ("train", "val"):
         a, b = read_metrics(straight_runs[kind], split), read_metrics(str(tmp_path), split)
         assert [r["step"] for r in a] == [r["step"] for r in b]
+        # the reference log-probs come from other batches (float32 sums of ~-300: one step is 3e-5, times beta 0.1),
+        # so the numbers may differ by a few float32 steps of those sums, not more
         for x, y in zip(a, b):
             for key in ("loss", "rewards_chosen", "rewards_rejected"):
-                assert y[key] == pytest.approx(x[key], abs=1e-6), (split, key)
+                assert y[key] == pytest.approx(x[key], abs=2e-5), (split, key)
     wa = load_file(os.path.join(straight_runs[kind], "model.safetensors"))
     wb = load_file(tmp_path / "model.safetensors")
-    assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6) for k in wa)
+    assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
 
 
 def test_metrics_rows(straight_runs):
@@ -530,3 +534,152 @@ def test_two_processes_equal_one(kind, extra, tiny, ratings, tmp_path):
                 assert y[key] == pytest.approx(x[key], abs=1e-5), (split, x["step"], key)
     wa, wb = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the registry, the SFT stage, and what a newcomer hits (flags, truncation, Ctrl-C, the end-of-run summary)
+
+
+def train_pairs_of(path, seed=3, val_frac=0.25):
+    """The training pairs crpo.py builds from a rating file with argv()'s settings (data.py's own functions)."""
+    rows, _ = data.read_rows(path)
+    pairs, _ = data.build_pairs(rows, max_pairs_per_response=data.PAIR_DEFAULTS["max_pairs_per_response"], seed=seed)
+    return data.split_by_prompt(pairs, val_frac, seed)
+
+
+def test_a_registered_toy_dimension_trains_through_main(tiny, tmp_path, monkeypatch):
+    """A new dimension = one registry entry + one scorer; crpo.main takes --lambda-toy with no other edit."""
+    monkeypatch.setitem(registry.DIMENSIONS, "toy", registry.Dimension("toy", 0.0, "characters in the response"))
+
+    @registry.scorer("toy", "length")
+    def toy_length(groups, ctx):
+        return [np.array([float(len(r)) for r in g["responses"]]) for g in groups]
+
+    plain = write_ratings(tmp_path / "plain.jsonl", creativity=False)
+    out = tmp_path / "out"
+    assert crpo.main(argv(plain, tiny, out, "--max-steps", "1", "--batch-size", "64", "--grad-accum", "1",
+                          "--lambda-novelty", "0", "--lambda-diversity", "0", "--lambda-surprise", "0",
+                          "--lambda-toy", "2", "--score-cache", str(tmp_path / "cache"))) == 0
+    # one step over every training pair: mean c = 2 * mean over pairs of the chosen's min-max normalised length,
+    # the group being the unique responses in that prompt's pairs (training and validation pairs are scored together)
+    train, val = train_pairs_of(plain)
+    groups = {}
+    for p in train + val:
+        for side in ("chosen", "rejected"):
+            groups.setdefault(p["prompt"], set()).add(p[side])
+    norm = lambda p, r: (len(r) - min(map(len, groups[p]))) / (max(map(len, groups[p])) - min(map(len, groups[p])))  # noqa: E731
+    want = 2 * sum(norm(p["prompt"], p["chosen"]) for p in train) / len(train)
+    assert read_metrics(str(out))[0]["mean_c"] == pytest.approx(want, rel=1e-6)
+
+
+def test_sft_loss_is_the_mean_nll_of_the_response_tokens(tiny, ratings, tmp_path):
+    out = tmp_path / "sft"
+    assert crpo.main(argv(ratings, tiny, out, "--objective", "sft", "--sft-min-score", "2.5", "--max-steps", "1",
+                          "--batch-size", "64", "--grad-accum", "1")) == 0
+    rows, _ = data.read_rows(ratings)
+    train_prompts = {p["prompt"] for p in train_pairs_of(ratings)[0]}
+    net, tok = model.load(tiny)
+    nll, n = 0.0, 0  # float64, from the logits of the whole sequence, every response token (end of turn included)
+    for r in rows:
+        if r["score"] >= 2.5 and r["prompt"] in train_prompts:
+            ids, start = tok.chat(r["prompt"], r["response"])
+            with torch.no_grad():
+                logp = torch.log_softmax(net(torch.tensor([ids]))[0].double(), -1)
+            nll -= sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids)))
+            n += len(ids) - start
+    assert n > 0 and read_metrics(str(out))[0]["loss"] == pytest.approx(nll / n, rel=1e-5)
+    val = read_metrics(str(out), "val")
+    assert len(val) == 1 and val[0]["loss"] > 0 and val[0]["pairs"] > 0
+    # the SFT output is a model the next stage starts from
+    assert crpo.main(argv(ratings, str(out), tmp_path / "dpo", "--max-steps", "1")) == 0
+    assert crpo.sft_loss(torch.tensor([-3.0, -5.0]), torch.tensor([2, 2])).item() == 2.0  # -(-3 - 5) / (2 + 2)
+
+
+def test_sft_resume_equals_uninterrupted_run(tiny, ratings, tmp_path, monkeypatch):
+    extra = ["--objective", "sft", "--lora-rank", "4", "--max-steps", "4"]
+    assert crpo.main(argv(ratings, tiny, tmp_path / "a", *extra)) == 0
+    save = outputs.save_atomic
+
+    def save_then_die(obj, path):
+        save(obj, path)
+        raise Preempted
+
+    monkeypatch.setattr(outputs, "save_atomic", save_then_die)
+    with pytest.raises(Preempted):
+        crpo.main(argv(ratings, tiny, tmp_path / "b", *extra))
+    monkeypatch.setattr(outputs, "save_atomic", save)
+    assert crpo.main(argv(ratings, tiny, tmp_path / "b", *extra, "--resume")) == 0
+    a = torch.load(tmp_path / "a" / outputs.STATE_FILE, weights_only=True)
+    b = torch.load(tmp_path / "b" / outputs.STATE_FILE, weights_only=True)
+    assert a["step"] == b["step"] == 4
+    for k in a["weights"]:
+        assert torch.allclose(a["weights"][k], b["weights"][k], rtol=0, atol=1e-6), k
+    assert [r["loss"] for r in read_metrics(str(tmp_path / "b"))] == pytest.approx(
+        [r["loss"] for r in read_metrics(str(tmp_path / "a"))], abs=1e-6)
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--lora-rank", "-1", "--lora-rank must be >= 0"), ("--lr", "nan", "--lr must be a positive number"),
+    ("--max-len", "1", "--max-len must be >= 2"), ("--lambda-novelty", "-2", "--lambda-novelty must be a number >= 0"),
+    ("--score-quality", "oracle", "not a scorer"), ("--val-frac", "1", "--val-frac must be in [0, 1)"),
+])
+def test_meaningless_flags_stop_in_one_line_before_any_model_loads(flag, value, message, capsys, monkeypatch):
+    monkeypatch.setattr(crpo.checkpoint, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(SystemExit) as stop:
+        crpo.main(["--data", "whatever.jsonl", flag, value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_truncation_that_leaves_no_response_is_named(tiny, ratings, tmp_path, capsys):
+    assert crpo.main(argv(ratings, tiny, tmp_path, "--max-len", "5", "--max-steps", "1")) == 1
+    err = capsys.readouterr().err
+    assert "dropped by truncation" in err and "--max-len 5" in err and "--val-frac" not in err
+
+
+def test_ctrl_c_prints_one_line_with_the_resume_command_and_a_run_prints_its_summary(tiny, ratings, tmp_path,
+                                                                                      capsys, monkeypatch):
+    real_step, calls = crpo.train_step, []
+
+    def interrupt_at_step_3(run, idx):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(run, idx)
+
+    monkeypatch.setattr(crpo, "train_step", interrupt_at_step_3)
+    assert crpo.main(argv(ratings, tiny, tmp_path, "--max-steps", "4", "--eval-every", "0")) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "last saved step 2" in err[-1] and err[-1].endswith("--resume") and "Traceback" not in "\n".join(err)
+    assert (tmp_path / outputs.COMMAND_FILE).read_text().strip()
+    monkeypatch.setattr(crpo, "train_step", real_step)
+    assert crpo.main(argv(ratings, tiny, tmp_path, "--max-steps", "4", "--eval-every", "0", "--resume")) == 0
+    printed = capsys.readouterr().out
+    assert "done: 4 steps" in printed and "metrics:" in printed and "resume state:" in printed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_resume_on_cuda_equals_uninterrupted_run(kind, tiny, ratings, tmp_path, monkeypatch):
+    """The CUDA path (bf16 autocast; with LoRA a bf16 base and float32 adapters). cuBLAS may pick other kernels
+    between processes, and bf16 products carry 8 bits of mantissa: weights agree to 1e-3, losses to 1e-3 relative."""
+    gpu = [a if a != "cpu" else "cuda" for a in argv(ratings, tiny, tmp_path / "a", "--max-steps", "4")]
+    extra = ["--lora-rank", "4"] if kind == "lora" else []
+    assert crpo.main(gpu + extra) == 0
+    save = outputs.save_atomic
+
+    def save_then_die(obj, path):
+        save(obj, path)
+        raise Preempted
+
+    second = [a if a != str(tmp_path / "a") else str(tmp_path / "b") for a in gpu] + extra
+    monkeypatch.setattr(outputs, "save_atomic", save_then_die)
+    with pytest.raises(Preempted):
+        crpo.main(second)
+    monkeypatch.setattr(outputs, "save_atomic", save)
+    assert crpo.main(second + ["--resume"]) == 0
+    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), rtol=0, atol=1e-3) for k in wa)
+    assert [r["loss"] for r in read_metrics(str(tmp_path / "b"))] == pytest.approx(
+        [r["loss"] for r in read_metrics(str(tmp_path / "a"))], rel=1e-3)
