@@ -200,6 +200,8 @@ def parse_args(argv=None):
     a("--log-every", type=int, default=1, help="write a metrics row every N steps")
     a("--skip-bad-rows", action="store_true", help="skip (and count) bad rows instead of stopping")
     a("--resume", action="store_true", help="continue from the training state saved in --out")
+    a("--final-state", action=argparse.BooleanOptionalAction, default=True, help="write train_state.pt at the end "
+      "(weights, optimizer, RNG: what --resume needs to extend the run; --no-final-state keeps less on disk)")
     # scores the data lacks are computed with score.py before training (its flags, prefixed with score-)
     score.add_scorer_flags(p, prefix="score-")
     a("--score-reference", default=None, help="reference responses (JSON Lines) for DSI novelty")
@@ -550,7 +552,10 @@ def train(args, progress=None):
                 last_val = validate(run)
 
     # 6. the end: state, validation, final model, summary
-    outputs.save_state(run)
+    if args.final_state:
+        outputs.save_state(run)
+    elif run.main and os.path.isfile(run.path(outputs.STATE_FILE)):
+        os.remove(run.path(outputs.STATE_FILE))  # a mid-run state would not match the final model
     if splits["val"].pairs:
         last_val = validate(run)
     outputs.export_final(run)

@@ -131,7 +131,11 @@ def summary(run, seconds, last_train, last_val):
         lines.append(f"  adapter: {run.path('adapter')}/ ({gib(size(run.path('adapter')))})")
     lines.append(f"  metrics: {run.path(METRICS_FILE)}" + (f" (curves: {run.path('curves.png')})"
                                                             if os.path.isfile(run.path("curves.png")) else ""))
-    lines.append(f"  resume state: {run.path(STATE_FILE)} ({gib(size(run.path(STATE_FILE)))}; delete it to keep less)")
+    if os.path.isfile(run.path(STATE_FILE)):
+        lines.append(f"  resume state: {run.path(STATE_FILE)} ({gib(size(run.path(STATE_FILE)))}; --no-final-state or "
+                     "deleting it keeps less)")
+    else:
+        lines.append("  resume state: none (--no-final-state)")
     lines.append(f"  total on disk: {gib(size(out))}")
     return "\n".join(lines)
 
