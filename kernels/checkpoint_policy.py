@@ -48,12 +48,14 @@ def _output_bytes(ctx, op, args):
     return _nbytes(args[0])  # attention: the output is shaped like the query
 
 
-def save_matmuls_policy(budget_bytes=None, min_contraction=MIN_CONTRACTION):
+def save_matmuls_policy(budget_bytes=None, min_contraction=None):
     """A fresh policy function (one per checkpointed call: it counts what that call keeps).
 
-    Keeps a matmul output when K >= min_contraction, or an attention output, while the bytes kept
-    stay within budget_bytes (None: no limit); recomputes everything else. Decisions are recorded
-    in the forward and replayed in order if torch asks again during the recompute (torch < 2.12)."""
+    Keeps a matmul output when K >= min_contraction (None: MIN_CONTRACTION), or an attention output,
+    while the bytes kept stay within budget_bytes (None: no limit); recomputes everything else.
+    Decisions are recorded in the forward and replayed in order if torch asks again during the
+    recompute (torch < 2.12 does)."""
+    min_contraction = MIN_CONTRACTION if min_contraction is None else min_contraction
     kept = [0]
     decisions = collections.defaultdict(list)
     replayed = collections.defaultdict(int)
@@ -78,7 +80,7 @@ def _save_matmuls_contexts(budget_bytes, min_contraction):
     return create_selective_checkpoint_contexts(save_matmuls_policy(budget_bytes, min_contraction))
 
 
-def checkpoint_context_fn(policy="full", budget_bytes=None, min_contraction=MIN_CONTRACTION):
+def checkpoint_context_fn(policy="full", budget_bytes=None, min_contraction=None):
     """The context_fn argument of torch.utils.checkpoint.checkpoint for a policy in POLICIES."""
     if policy == "full":
         return noop_context_fn

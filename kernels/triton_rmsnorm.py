@@ -48,7 +48,7 @@ def _rmsnorm_bwd_kernel(dy_ptr, x_ptr, w_ptr, rstd_ptr, dxout_ptr, dx_ptr, dw_pa
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK], dtype=tl.float32)
     for row in range(pid, n_rows, tl.num_programs(0)):
-        row64 = row.to(tl.int64)
+        row64 = tl.cast(row, tl.int64)
         dy = tl.load(dy_ptr + row64 * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
         x = tl.load(x_ptr + row64 * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
         rstd = tl.load(rstd_ptr + row64)
