@@ -124,10 +124,11 @@ def block_kernels():
 def use_triton_block(*tensors):
     """The block ops take the Triton path where use_triton() would, except inside torch.compile (which
     fuses the PyTorch path itself) and within torch_block_path()."""
+    if _block_torch_only or torch.compiler.is_compiling():  # checked first: compile never traces the rest
+        return False
     on_device = all(t.is_cuda for t in tensors) or (
         os.environ.get("TRITON_INTERPRET", "0") == "1" and not any(t.is_cuda for t in tensors))
-    return (on_device and not _block_torch_only and not torch.compiler.is_compiling()
-            and block_kernels() is not None)
+    return on_device and block_kernels() is not None
 
 
 @contextlib.contextmanager
