@@ -427,7 +427,7 @@ def test_triton_model_matches_torch_path(tri):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_block_kernels_against_float64(dtype):
-    tol = 2e-6 if dtype == torch.float32 else 1e-2
+    tol, grad_tol = (2e-6, 4e-5) if dtype == torch.float32 else (1e-2, 2e-2)  # bf16: one or two roundings
     gen = torch.Generator().manual_seed(0)
     shape = (3, 129, 4096)
     x, r, w = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen), torch.randn(4096, generator=gen)
@@ -439,7 +439,7 @@ def test_cuda_block_kernels_against_float64(dtype):
     for a, b in zip(outs, ref_outs):
         close(a.cpu(), b, tol)
     for a, b in zip(grads, ref_grads):
-        close(a.cpu(), b, 20 * tol)
+        close(a.cpu(), b, grad_tol)
     q, k, cos, sin, gq, gk = rope_case(1, B=2, n_q=32, n_k=8, T=300, d=128)
     q, k, gq, gk = q.to(dtype), k.to(dtype), gq.to(dtype), gk.to(dtype)
     outs, grads = run_and_grad(lambda q, k: kernels.rope(q, k, cos.cuda(), sin.cuda()), (q.cuda(), k.cuda()),
@@ -457,22 +457,27 @@ def test_cuda_block_kernels_against_float64(dtype):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "autocast"])
 def test_cuda_model_fused_matches_torch_path(dtype):
+    """Hidden states and LoRA gradients of a small model: fused kernels vs the PyTorch path, on CUDA, in float32,
+    bf16 weights, and float32 weights under bf16 autocast (crpo.py's CUDA default: mixed-dtype residual adds)."""
     m, params = tiny_lora_model(dim=256, hidden_dim=688)
-    m = m.cuda().to(dtype)
-    params = [p for n, p in m.named_parameters() if "lora_" in n]
+    m = m.cuda().to(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+    m.inv_freq = m.inv_freq.float()
     ids = torch.randint(0, 97, (4, 33), device="cuda")
-    g = torch.randn(4, 33, 256, device="cuda", dtype=dtype)
+    g = torch.randn(4, 33, 256, device="cuda")
     m.gradient_checkpointing = True
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "autocast")
     for policy in ("full", "save-matmuls"):
         m.checkpoint_policy = policy
-        out = m.hidden(ids)
-        grads = torch.autograd.grad(out, params, g)
-        with kernels.torch_block_path():
-            ref = m.hidden(ids)
-            ref_grads = torch.autograd.grad(ref, params, g)
-        tol = 1e-3 if dtype == torch.float32 else 5e-2  # TF32 matmuls; bf16 roundings differ
+        with autocast:
+            out = m.hidden(ids)
+            grads = torch.autograd.grad(out, params, g.to(out.dtype))
+            with kernels.torch_block_path():
+                ref = m.hidden(ids)
+                ref_grads = torch.autograd.grad(ref, params, g.to(ref.dtype))
+        assert out.dtype == ref.dtype
+        tol = 1e-3 if dtype == "float32" else 5e-2  # TF32 matmuls; bf16 roundings differ
         close(out.float().cpu(), ref.double().cpu(), tol)
         for a, b in zip(grads, ref_grads):
             close(a.float().cpu(), b.double().cpu(), tol)
