@@ -27,10 +27,11 @@ git log -1 --format='commit %h %s' 2>/dev/null
 
 step 120 "CUDA correctness: kernels vs float64, fused model vs PyTorch path" \
     $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kernels_block.py -k cuda -rs
-step 90 "log-probs (SPEC shapes)" $PY benchmarks/bench_logprobs.py --reps 10 $SMALL_FLAG
+step 100 "log-probs (SPEC shapes), with chunk and kept-logits budgets" \
+    $PY benchmarks/bench_logprobs.py --reps 10 --budget-sweep $SMALL_FLAG
 step 150 "block ops and one 8B block: eager vs torch.compile vs Triton" \
     $PY benchmarks/bench_block.py --min-run-time 0.5 $SMALL_FLAG
-step 150 "CrPO step, 8B shape, 8 pairs x 512 (ours, transformers+peft)" $PY benchmarks/bench_step.py --reps 3 $SMALL_FLAG
+step 140 "CrPO step, 8B shape, 8 pairs x 512 (ours, transformers+peft)" $PY benchmarks/bench_step.py --reps 3 $SMALL_FLAG
 step 50 "CrPO step, 8B shape, short answers: 64 pairs x 64 tokens (40 prompt), ours" \
     $PY benchmarks/bench_step.py --which ours --pairs 64 --seq-len 64 --prompt-len 40 --reps 3 $SMALL_FLAG
 echo

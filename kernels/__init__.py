@@ -100,7 +100,8 @@ def linear_logprobs(hidden, weight, labels, ignore_index=-100):
                    else contextlib.nullcontext())
     with no_autocast:  # the chunk buffers have the inputs' dtype
         if use_triton(h, weight, y):
-            out = _triton_module.LinearLogProbs.apply(h, weight, y, ignore_index, need_dh, need_dw, None, None)
+            out = _triton_module.LinearLogProbs.apply(h, weight, y, ignore_index, need_dh, need_dw,
+                                                      None, None, None)
         else:
             out = torch_path.LinearLogProbs.apply(h, weight, y, ignore_index, need_dh, need_dw, None)
     return out.reshape(shape)
