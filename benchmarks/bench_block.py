@@ -182,13 +182,13 @@ def build_block(cfg, args, device, dtype):
     return block.train(), lora, cos, sin
 
 
-def block_step(block, lora, cos, sin, x, g, policy, budget):
+def block_step(block, lora, cos, sin, x, g, policy, budget, min_contraction=None):
     def run(x):
         return block(x, cos, sin, None)
     if policy is None:
         out = run(x)
     else:
-        ctx = kernels.checkpoint_context_fn(policy, budget)
+        ctx = kernels.checkpoint_context_fn(policy, budget, min_contraction)
         out = checkpointing.checkpoint(run, x, use_reentrant=False, context_fn=ctx)
     return torch.autograd.grad(out, [x] + lora, g)
 
@@ -199,25 +199,27 @@ def bench_block(cfg, args, device, dtype):
     x = torch.randn(args.batch, args.seq, cfg["dim"], generator=gen, device=device).to(dtype).requires_grad_(True)
     g = torch.randn(x.shape, generator=gen, device=device).to(dtype)
     compiled = torch.compile(block) if args.compile else None
-    rows = [("eager", block, True, None, None)]
+    rows = [("eager", block, True, None, None, None)]  # name, module, PyTorch path only, policy, budget, min K
     if compiled is not None:
-        rows.append(("torch.compile", compiled, True, None, None))
+        rows.append(("torch.compile", compiled, True, None, None, None))
     if device.type == "cuda" or INTERPRETED:
-        rows.append(("Triton (ours)", block, False, None, None))
-    for name, module, torch_only, _, _ in list(rows):
-        rows.append((f"{name}, checkpointed", module, torch_only, "full", None))
+        rows.append(("Triton (ours)", block, False, None, None, None))
+    for name, module, torch_only, _, _, _ in list(rows):
+        rows.append((f"{name}, checkpointed", module, torch_only, "full", None, None))
     if device.type == "cuda" or INTERPRETED:
         for budget in args.budgets_mib:
             label = "all matmuls" if budget < 0 else f"{budget} MiB"
             rows.append((f"Triton (ours), checkpointed, save-matmuls ({label})", block, False, "save-matmuls",
-                         None if budget < 0 else budget * 2**20))
+                         None if budget < 0 else budget * 2**20, None))
+        rows.append((f"Triton (ours), checkpointed, save-matmuls (K >= {cfg['hidden_dim']}: down_proj)", block,
+                     False, "save-matmuls", None, cfg["hidden_dim"]))
     reference = None
     print(f"\n| block fwd+bwd, LoRA r={args.rank} | ms | extra GiB | max rel. diff vs eager | compile s |")
     print("|---|---:|---:|---:|---:|")
-    for name, module, torch_only, policy, budget in rows:
+    for name, module, torch_only, policy, budget, min_k in rows:
         def step():
             with kernels.torch_block_path() if torch_only else contextlib.nullcontext():
-                return block_step(module, lora, cos, sin, x, g, policy, budget)
+                return block_step(module, lora, cos, sin, x, g, policy, budget, min_k)
         try:
             t0 = time.perf_counter()
             grads = step()
