@@ -262,7 +262,8 @@ def main(argv=None):
     triton_note = ("" if device.type == "cuda" else " (Triton rows in the interpreter: timings mean nothing)"
                    if INTERPRETED else " (no CUDA: the Triton rows need a GPU and are left out)")
     print(f"{card}, torch {torch.__version__}, {datetime.date.today()}; "
-          f"{'tiny' if args.small else 'Llama-3.1-8B'} block shape, {dtype}, {args.batch} x {args.seq} tokens{triton_note}\n")
+          f"{'tiny' if args.small else 'Llama-3.1-8B'} block shape, {dtype}, {args.batch} x {args.seq} tokens"
+          f"{triton_note}\n")
     gen = torch.Generator(device=device).manual_seed(0)
     if not args.skip_ops:
         cases = op_cases(cfg, args.batch, args.seq, device, dtype, gen)

@@ -37,7 +37,7 @@ import os
 import torch
 
 from . import torch_block, torch_path
-from .checkpoint_policy import POLICIES as CHECKPOINT_POLICIES, checkpoint_context_fn
+from .checkpoint_policy import POLICIES as CHECKPOINT_POLICIES, checkpoint_context_fn  # noqa: F401 (public)
 
 _triton_module = None
 _block_modules = None

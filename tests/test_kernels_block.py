@@ -358,7 +358,8 @@ def test_triton_rms_norm_by_hand_and_mixed_dtypes(tri):
     # as under autocast: a float32 residual stream plus a bf16 block output, float32 gains
     gen = torch.Generator().manual_seed(5)
     x, r = torch.randn(3, 4, 37, generator=gen), torch.randn(3, 4, 37, generator=gen).bfloat16()
-    w, gy, gx = torch.randn(37, generator=gen), torch.randn(3, 4, 37, generator=gen), torch.randn(3, 4, 37, generator=gen)
+    w = torch.randn(37, generator=gen)
+    gy, gx = torch.randn(3, 4, 37, generator=gen), torch.randn(3, 4, 37, generator=gen)
     outs, grads = run_and_grad(lambda x, w, r: kernels.rms_norm(x, w, EPS, r), (x, w, r), (gy, gx))
     ref_outs, ref_grads = run_and_grad(lambda x, w, r: torch_block.rms_norm(x, w, EPS, r), (x, w, r), (gy, gx))
     for a, b in zip(outs + list(grads), ref_outs + list(ref_grads)):
@@ -449,7 +450,8 @@ def test_cuda_block_kernels_against_float64(dtype):
     for a, b in zip(outs + list(grads), ref_outs + list(ref_grads)):
         close(a.cpu(), b, tol)
     a, b, g = (torch.randn(3, 1000, 1037, generator=gen).to(dtype) * 4 for _ in range(3))
-    for fn, ref in ((kernels.swiglu, ref_swiglu), (lambda a, b: kernels.lora_add(a, b, 0.37), lambda a, b: a + 0.37 * b)):
+    lora_add = lambda a, b: kernels.lora_add(a, b, 0.37)  # noqa: E731
+    for fn, ref in ((kernels.swiglu, ref_swiglu), (lora_add, lambda a, b: a + 0.37 * b)):
         outs, grads = run_and_grad(fn, (a.cuda(), b.cuda()), (g.cuda(),))
         ref_outs, ref_grads = grads64(ref, (a, b), (g,))
         for x_, y_ in zip(outs + list(grads), ref_outs + list(ref_grads)):
