@@ -15,8 +15,9 @@ The block's elementwise ops, each differentiable, each one Triton kernel forward
 - `rope(q, k, cos, sin)`: q [B, Hq, T, d], k [B, Hk, T, d] rotated pairwise (x_i, x_{i+d/2}) by p theta_i.
 - `swiglu(gate, up)`: silu(gate) * up.
 - `lora_add(base_out, lora_out, scale)`: base_out + scale * lora_out.
-Off CUDA (and inside torch.compile, and within `torch_block_path()`) they run kernels/torch_block.py,
-the eager formulas model.py always used, bit for bit.
+Off CUDA (and inside torch.compile, within `torch_block_path()`, and in a process started with the
+environment variable KERNELS_BLOCK_PATH=torch) they run kernels/torch_block.py, the eager formulas
+model.py always used, bit for bit.
 
 Checkpointing: `checkpoint_context_fn(policy, budget_bytes)` (kernels/checkpoint_policy.py) keeps the
 matmul outputs of a checkpointed block within a budget and recomputes only the elementwise work.
@@ -42,6 +43,8 @@ from .checkpoint_policy import POLICIES as CHECKPOINT_POLICIES, checkpoint_conte
 _triton_module = None
 _block_modules = None
 _block_torch_only = False  # set within torch_block_path()
+# "torch": the block ops never take the Triton path (A/B runs of whole programs, e.g. benchmarks/bench_step.py)
+BLOCK_PATH = os.environ.get("KERNELS_BLOCK_PATH", "auto")
 
 
 def triton_available():
@@ -124,8 +127,8 @@ def block_kernels():
 
 def use_triton_block(*tensors):
     """The block ops take the Triton path where use_triton() would, except inside torch.compile (which
-    fuses the PyTorch path itself) and within torch_block_path()."""
-    if _block_torch_only or torch.compiler.is_compiling():  # checked first: compile never traces the rest
+    fuses the PyTorch path itself), within torch_block_path() and when BLOCK_PATH is "torch"."""
+    if _block_torch_only or BLOCK_PATH == "torch" or torch.compiler.is_compiling():  # compile never traces the rest
         return False
     on_device = all(t.is_cuda for t in tensors) or (
         os.environ.get("TRITON_INTERPRET", "0") == "1" and not any(t.is_cuda for t in tensors))

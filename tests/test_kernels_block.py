@@ -394,12 +394,14 @@ def test_triton_swiglu_and_lora_add(tri):
     check_elementwise(lambda a, b: kernels.lora_add(a, b, -2.0), lambda a, b: a - 2.0 * b, shape=(2, 5, 7))
 
 
-def test_triton_torch_block_path_context(tri):
+def test_triton_torch_block_path_context_and_switch(tri, monkeypatch):
     a, b = torch.randn(3, 7), torch.randn(3, 7)
     with kernels.torch_block_path():
         assert not kernels.use_triton_block(a, b)
         assert torch.equal(kernels.swiglu(a, b), torch_block.swiglu(a, b))
     assert kernels.use_triton_block(a, b)
+    monkeypatch.setattr(kernels, "BLOCK_PATH", "torch")  # what KERNELS_BLOCK_PATH=torch sets at import
+    assert not kernels.use_triton_block(a, b)
 
 
 def test_triton_model_matches_torch_path(tri):
