@@ -380,6 +380,26 @@ def test_cuda_kernels_against_float64(dtype):
             torch.testing.assert_close(w_in.grad.cpu().double(), ref_dw, atol=tol, rtol=tol)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_linear_logprobs_kept_logits(dtype, monkeypatch):
+    # chunks of 64 tokens, the first 100 tokens' logits kept (a partial chunk), backward vocabulary chunks < V
+    n, d, v = 300, 256, 50_001
+    tri = pytest.importorskip("kernels.triton_logprobs")
+    size = torch.tensor([], dtype=dtype).element_size()
+    monkeypatch.setattr(tri, "MEMORY_BUDGET", 64 * v * size)
+    monkeypatch.setattr(tri, "KEEP_BUDGET", 100 * v * size)
+    h, w, y, g = make_linear_case(n, d, v, "some", dtype, seed=13)
+    ref_out, ref_dh, ref_dw = ref_linear(h, w, y, g)
+    h_in, w_in = h.cuda().requires_grad_(True), w.cuda().requires_grad_(True)
+    out = kernels.linear_logprobs(h_in, w_in, y.cuda())
+    out.backward(g.cuda())
+    tol = 1e-3 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(out.cpu().double(), ref_out, atol=tol, rtol=0)
+    torch.testing.assert_close(h_in.grad.cpu().double(), ref_dh, atol=tol, rtol=tol)
+    torch.testing.assert_close(w_in.grad.cpu().double(), ref_dw, atol=tol, rtol=tol)
+
+
 # ---------------------------------------------------------------- training numbers with and without the kernels
 
 def sequence_logps_plain(m, ids, mask, resp):
