@@ -50,16 +50,16 @@ class Config:
 
 
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * g, computed in float32."""
+    """y = x / sqrt(mean(x^2) + eps) * g, computed in float32. With a residual r, x' = x + r is normed and
+    (y, x') returned: one fused kernel on CUDA (kernels.rms_norm), the eager formulas elsewhere."""
 
     def __init__(self, dim, eps):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x):
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+    def forward(self, x, residual=None):
+        return kernels.rms_norm(x, self.weight, self.eps, residual)
 
 
 def rope_frequencies(config):
@@ -83,9 +83,9 @@ def rope_frequencies(config):
 
 
 def apply_rope(x, cos, sin):
-    """Rotate pairs (x_i, x_{i+d/2}) by angle p * theta_i (half-split layout, as HF checkpoints store q/k)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+    """Rotate pairs (x_i, x_{i+d/2}) by angle p * theta_i (half-split layout, as HF checkpoints store q/k).
+    Attention rotates q and k together with kernels.rope (one fused kernel on CUDA)."""
+    return kernels.torch_block.rotate_half_split(x, cos, sin)
 
 
 class Attention(nn.Module):
@@ -102,7 +102,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.c.n_heads, self.c.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.c.n_kv_heads, self.c.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.c.n_kv_heads, self.c.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = kernels.rope(q, k, cos, sin)
         if cache is not None:  # (k_cache, v_cache, start): write this step's keys/values, attend to all so far
             k_cache, v_cache, start = cache
             k_cache[:, :, start:start + T], v_cache[:, :, start:start + T] = k, v
@@ -123,7 +123,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(c.hidden_dim, c.dim, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(kernels.swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class Block(nn.Module):
@@ -135,8 +135,9 @@ class Block(nn.Module):
         self.mlp = MLP(c)
 
     def forward(self, x, cos, sin, mask, cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attn_out = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        h, x = self.post_attention_layernorm(x, residual=attn_out)  # x <- x + attn_out and h = norm(x), one pass
+        return x + self.mlp(h)
 
 
 class Transformer(nn.Module):
@@ -151,6 +152,8 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed.weight
         self.register_buffer("inv_freq", rope_frequencies(config), persistent=False)
         self.gradient_checkpointing = False
+        self.checkpoint_policy = "full"  # or "save-matmuls": see kernels/checkpoint_policy.py
+        self.checkpoint_budget = None  # bytes of matmul outputs one block keeps under "save-matmuls" (None: all)
 
     def hidden(self, input_ids, attention_mask=None, cache=None):
         """Final normed hidden states [B, T, D]. attention_mask [B, S] (1 = token, 0 = padding; S = T, or
@@ -172,7 +175,9 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache["k"][i], cache["v"][i], start)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, layer_cache, use_reentrant=False)
+                keep = kernels.checkpoint_context_fn(self.checkpoint_policy, self.checkpoint_budget)
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, layer_cache, use_reentrant=False,
+                                                      context_fn=keep)
             else:
                 x = layer(x, cos, sin, mask, layer_cache)
         return self.norm(x)
@@ -603,7 +608,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x):
         y = self.base(x)
-        return y + self.lora_B(self.lora_A(self.dropout(x))) * self.scale if self.enabled else y
+        return kernels.lora_add(y, self.lora_B(self.lora_A(self.dropout(x))), self.scale) if self.enabled else y
 
     def merged_weight(self):
         return self.base.weight + (self.lora_B.weight @ self.lora_A.weight) * self.scale

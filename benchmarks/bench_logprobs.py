@@ -249,11 +249,12 @@ def bench_linear(args, device, dtype):
     run_variant(f"ours ({path}), frozen W", kernels.linear_logprobs, frozen, g, ref_frozen, args, device)
     if args.budget_sweep and path == "triton":
         tri = kernels._triton_module
-        saved = tri.MEMORY_BUDGET
-        for mib in (256, 1024):
-            tri.MEMORY_BUDGET = mib * 2**20
-            run_variant(f"ours, chunk budget {mib} MiB", kernels.linear_logprobs, both, g, ref, args, device)
-        tri.MEMORY_BUDGET = saved
+        saved = tri.MEMORY_BUDGET, tri.KEEP_BUDGET
+        for mib, keep_mib in ((256, 0), (1024, 0), (512, 256), (256, 512), (512, 1024)):
+            tri.MEMORY_BUDGET, tri.KEEP_BUDGET = mib * 2**20, keep_mib * 2**20
+            kept = f", {keep_mib} MiB of logits kept" if keep_mib else ""
+            run_variant(f"ours, chunk budget {mib} MiB{kept}", kernels.linear_logprobs, both, g, ref, args, device)
+        tri.MEMORY_BUDGET, tri.KEEP_BUDGET = saved
     if args.anchors:
         run_variant("eager PyTorch", eager_linear_logprobs, both, g, ref, args, device)
         run_variant("eager PyTorch, frozen W", eager_linear_logprobs, frozen, g, ref_frozen, args, device)
@@ -294,7 +295,8 @@ def main(argv=None):
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile anchors")
     p.add_argument("--no-anchors", dest="anchors", action="store_false", help="only ours and the floors")
     p.add_argument("--sweep", action="store_true", help="also try a few Triton block sizes for logprobs")
-    p.add_argument("--budget-sweep", action="store_true", help="also try chunk budgets for linear_logprobs")
+    p.add_argument("--budget-sweep", action="store_true",
+                   help="also try chunk budgets and kept-logits budgets (KEEP_BUDGET) for linear_logprobs")
     args = p.parse_args(argv)
     default = (512, 64, 3001) if args.small else (8192, 4096, 128256)
     args.n, args.d, args.v = args.n or default[0], args.d or default[1], args.v or default[2]

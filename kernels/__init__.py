@@ -1,15 +1,31 @@
-"""Per-token log-probabilities, log p(y_t) = z_t[y_t] - logsumexp_v z_tv, without full float32 logits.
+"""Fused kernels: per-token log-probabilities, and the transformer block's elementwise work.
 
-Two entry points, both differentiable, both returning float32 log-probs shaped like `labels`
-(0 and a zero gradient where labels == ignore_index):
+Log-probabilities, log p(y_t) = z_t[y_t] - logsumexp_v z_tv, without full float32 logits. Two entry
+points, both differentiable, both returning float32 log-probs shaped like `labels` (0 and a zero
+gradient where labels == ignore_index):
 
 - `logprobs(logits, labels)`: from logits [..., V].
 - `linear_logprobs(hidden, weight, labels)`: from hidden states [..., D] and the output layer's
   weight [V, D] (z = h W^T); the N x V logits never exist at once.
 
-Dispatch: the Triton kernels (kernels/triton_logprobs.py) when the tensors are on CUDA, or when the
+The block's elementwise ops, each differentiable, each one Triton kernel forward and one backward:
+
+- `rms_norm(x, weight, eps, residual=None)`: y = x' / sqrt(mean(x'^2) + eps) * g, x' = x + residual;
+  returns y, or (y, x') with a residual (x' is the new residual stream).
+- `rope(q, k, cos, sin)`: q [B, Hq, T, d], k [B, Hk, T, d] rotated pairwise (x_i, x_{i+d/2}) by p theta_i.
+- `swiglu(gate, up)`: silu(gate) * up.
+- `lora_add(base_out, lora_out, scale)`: base_out + scale * lora_out.
+Off CUDA (and inside torch.compile, within `torch_block_path()`, and in a process started with the
+environment variable KERNELS_BLOCK_PATH=torch) they run kernels/torch_block.py, the eager formulas
+model.py always used, bit for bit.
+
+Checkpointing: `checkpoint_context_fn(policy, budget_bytes)` (kernels/checkpoint_policy.py) keeps the
+matmul outputs of a checkpointed block within a budget and recomputes only the elementwise work.
+
+Dispatch: the Triton kernels (kernels/triton_logprobs.py, triton_rmsnorm.py, triton_rope.py,
+triton_swiglu.py, triton_lora_add.py) when the tensors are on CUDA, or when the
 environment variable TRITON_INTERPRET=1 is set (then they run on CPU tensors in Triton's interpreter:
-that is how CI tests them); the PyTorch path (kernels/torch_path.py) otherwise, or when triton is not
+that is how CI tests them); the PyTorch path (kernels/torch_path.py, torch_block.py) otherwise, or when triton is not
 importable.
 
 Memory: chunk sizes follow `MEMORY_BUDGET` (bytes of one chunk of logits) in kernels/triton_logprobs.py
@@ -21,9 +37,14 @@ import os
 
 import torch
 
-from . import torch_path
+from . import torch_block, torch_path
+from .checkpoint_policy import POLICIES as CHECKPOINT_POLICIES, checkpoint_context_fn  # noqa: F401 (public)
 
 _triton_module = None
+_block_modules = None
+_block_torch_only = False  # set within torch_block_path()
+# "torch": the block ops never take the Triton path (A/B runs of whole programs, e.g. benchmarks/bench_step.py)
+BLOCK_PATH = os.environ.get("KERNELS_BLOCK_PATH", "auto")
 
 
 def triton_available():
@@ -82,7 +103,87 @@ def linear_logprobs(hidden, weight, labels, ignore_index=-100):
                    else contextlib.nullcontext())
     with no_autocast:  # the chunk buffers have the inputs' dtype
         if use_triton(h, weight, y):
-            out = _triton_module.LinearLogProbs.apply(h, weight, y, ignore_index, need_dh, need_dw, None, None)
+            out = _triton_module.LinearLogProbs.apply(h, weight, y, ignore_index, need_dh, need_dw,
+                                                      None, None, None)
         else:
             out = torch_path.LinearLogProbs.apply(h, weight, y, ignore_index, need_dh, need_dw, None)
     return out.reshape(shape)
+
+
+# ---------------------------------------------------------------- the block's elementwise ops
+
+def block_kernels():
+    """The Triton block kernels {name: module}, or None when triton does not import (imported at first use)."""
+    global _block_modules
+    if _block_modules is None:
+        try:
+            from . import triton_lora_add, triton_rmsnorm, triton_rope, triton_swiglu
+            _block_modules = {"rms_norm": triton_rmsnorm, "rope": triton_rope, "swiglu": triton_swiglu,
+                              "lora_add": triton_lora_add}
+        except Exception:  # triton missing or broken: the PyTorch path serves
+            _block_modules = False
+    return _block_modules or None
+
+
+def use_triton_block(*tensors):
+    """The block ops take the Triton path where use_triton() would, except inside torch.compile (which
+    fuses the PyTorch path itself), within torch_block_path() and when BLOCK_PATH is "torch"."""
+    if _block_torch_only or BLOCK_PATH == "torch" or torch.compiler.is_compiling():  # compile never traces the rest
+        return False
+    on_device = all(t.is_cuda for t in tensors) or (
+        os.environ.get("TRITON_INTERPRET", "0") == "1" and not any(t.is_cuda for t in tensors))
+    return on_device and block_kernels() is not None
+
+
+@contextlib.contextmanager
+def torch_block_path():
+    """Within this context the block ops run the PyTorch path even on CUDA (baselines, torch.compile rows)."""
+    global _block_torch_only
+    before, _block_torch_only = _block_torch_only, True
+    try:
+        yield
+    finally:
+        _block_torch_only = before
+
+
+def rms_norm(x, weight, eps, residual=None):
+    """y = x' / sqrt(mean(x'^2) + eps) * g over the last dim, x' = x + residual (x' = x without one).
+
+    Returns y, or (y, x') when a residual is given. Triton: one pass forward (x' and y written together),
+    one backward (dx' = rstd (dn - n^ mean(dn n^)) + upstream dx', dn = dy g, n^ = x' rstd)."""
+    tensors = (x, weight) if residual is None else (x, weight, residual)
+    tri = block_kernels() if use_triton_block(*tensors) else None
+    if (tri is None or x.shape[-1] > tri["rms_norm"].MAX_FEATURES or weight.shape != x.shape[-1:]
+            or (residual is not None and residual.shape != x.shape)):
+        return torch_block.rms_norm(x, weight, eps, residual)
+    rows = x.reshape(-1, x.shape[-1])
+    res_rows = residual.reshape(-1, x.shape[-1]) if residual is not None else None
+    out = tri["rms_norm"].RMSNorm.apply(rows, weight, eps, res_rows)
+    if residual is None:
+        return out.view(x.shape)
+    return out[0].view(x.shape), out[1].view(x.shape)
+
+
+def rope(q, k, cos, sin):
+    """(q, k) with each pair (x_i, x_{i+d/2}) rotated by angle p theta_i: y_i = x_i cos - x_{i+d/2} sin,
+    y_{i+d/2} = x_{i+d/2} cos + x_i sin. q [B, Hq, T, d], k [B, Hk, T, d], cos/sin [B or 1, 1, T, d/2]."""
+    tri = block_kernels() if use_triton_block(q, k, cos, sin) else None
+    if tri is None or not tri["rope"].supported(q, k, cos, sin):
+        return torch_block.rope(q, k, cos, sin)
+    return tri["rope"].Rope.apply(q, k, cos, sin)
+
+
+def swiglu(gate, up):
+    """silu(gate) * up, silu(a) = a sigmoid(a); backward da = dy up s (1 + a (1 - s)), dup = dy silu(a)."""
+    tri = block_kernels() if use_triton_block(gate, up) else None
+    if tri is None or gate.shape != up.shape:
+        return torch_block.swiglu(gate, up)
+    return tri["swiglu"].SwiGLU.apply(gate, up)
+
+
+def lora_add(base_out, lora_out, scale):
+    """base_out + scale * lora_out; backward d base = dy, d lora = scale dy."""
+    tri = block_kernels() if use_triton_block(base_out, lora_out) else None
+    if tri is None or base_out.shape != lora_out.shape:
+        return torch_block.lora_add(base_out, lora_out, scale)
+    return tri["lora_add"].LoRAAdd.apply(base_out, lora_out, scale)

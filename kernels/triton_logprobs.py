@@ -10,7 +10,8 @@ Ignored rows (y == ignore_index) read nothing and give 0 and a zero gradient.
 linear_logprobs (z = h W^T) runs these kernels on chunks of logits made by torch.mm (cuBLAS): the
 forward goes over chunks of tokens (all V columns, needed for lse); the backward, which already knows
 lse, goes over chunks of the vocabulary, so each dW block is written once (no float32 V x D
-accumulator) and only dh [N, D] accumulates, in float32.
+accumulator) and only dh [N, D] accumulates, in float32. Within KEEP_BUDGET the forward keeps the
+logits of its first K tokens, and the backward turns them into dz in place instead of recomputing them.
 """
 import torch
 import triton
@@ -21,6 +22,9 @@ MEMORY_BUDGET = 512 * 2**20
 FWD_BLOCK = 8192  # vocabulary block of the forward's online logsumexp (upper bound)
 BWD_BLOCK = 4096  # columns per backward program (upper bound)
 BWD_MAX_TOKENS = 16384  # tokens per backward chunk; more tokens than this accumulate dW in float32
+# Bytes of forward logits linear_logprobs may keep for its backward (0: recompute them all). The kept rows
+# are not recomputed (one matmul fewer for them) and cost K x V elements until the backward.
+KEEP_BUDGET = 0
 
 
 @triton.jit
@@ -149,31 +153,41 @@ class LinearLogProbs(torch.autograd.Function):
 
     - W needs a gradient: the backward recomputes z in blocks (tokens x vocabulary columns), forms
       dz in place, writes dW[block] = dz^T h and accumulates dh += dz W[block] in float32.
-      When all logits fit in one chunk the forward's are kept and nothing is recomputed.
+      When all logits fit in one chunk the forward's are kept and nothing is recomputed. Otherwise the
+      logits of the first K = keep_budget / (V x element size) tokens are kept (they are overwritten by
+      their gradient in the first backward; a second backward recomputes them); their dW part and the
+      recomputed rows' part then add in dW's dtype.
     - only h needs one (frozen W): dL/dh_t = g_t a_t with a_t = (onehot(y_t) - p_t) @ W is formed in
       the forward (the kernel overwrites the chunk with onehot - p), so the backward does no matmul.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, ignore_index, need_dh, need_dw, budget=None, block=None):
+    def forward(ctx, hidden, weight, labels, ignore_index, need_dh, need_dw, budget=None, block=None,
+                keep_budget=None):
         h, w, y = _rows_contiguous(hidden), _rows_contiguous(weight), labels.contiguous()
         n, v = h.shape[0], w.shape[0]
         fwd_rows, bwd_rows, bwd_cols = chunk_sizes(n, v, h.element_size(), budget)
-        spans = _spans(n, fwd_rows)
         lse = torch.empty(n, dtype=torch.float32, device=h.device)
         out = torch.empty_like(lse)
         direction_mode = need_dh and not need_dw
         a = torch.empty_like(h) if direction_mode else None
-        keep = need_dw and len(spans) == 1 and bwd_rows == n and bwd_cols == v
-        buf = torch.empty(min(n, fwd_rows) * v, dtype=h.dtype, device=h.device)
-        for s, e in spans:
-            z = torch.mm(h[s:e], w.t(), out=buf[: (e - s) * v].view(e - s, v))
+        keep = need_dw and 0 < n <= fwd_rows and bwd_rows == n and bwd_cols == v
+        keep_budget = KEEP_BUDGET if keep_budget is None else keep_budget
+        n_kept = min(n, keep_budget // (v * h.element_size())) if need_dw and not keep else 0
+        kept_rows = torch.empty(n_kept, v, dtype=h.dtype, device=h.device) if n_kept else None
+        spans = [(s, e, True) for s, e in _spans(n_kept, fwd_rows)]
+        spans += [(s + n_kept, e + n_kept, False) for s, e in _spans(n - n_kept, fwd_rows)]
+        buf = torch.empty(min(n - n_kept, fwd_rows) * v, dtype=h.dtype, device=h.device)
+        for s, e, in_kept in spans:
+            z_out = kept_rows[s:e] if in_kept else buf[: (e - s) * v].view(e - s, v)
+            z = torch.mm(h[s:e], w.t(), out=z_out)
             logsumexp_forward(z, y[s:e], ignore_index, lse[s:e], out[s:e], write_direction=direction_mode,
                               block=block)
             if direction_mode:
                 torch.mm(z, w, out=a[s:e])
         kept = buf.view(n, v) if keep else None
         ctx.save_for_backward(h, w, y, lse, a, kept)
+        ctx.kept_rows = kept_rows  # not saved: the backward overwrites it, then drops it
         ctx.ignore_index, ctx.need_dh, ctx.need_dw, ctx.block = ignore_index, need_dh, need_dw, block
         ctx.bwd_rows, ctx.bwd_cols = bwd_rows, bwd_cols
         return out
@@ -183,22 +197,42 @@ class LinearLogProbs(torch.autograd.Function):
         h, w, y, lse, a, kept = ctx.saved_tensors
         g = grad_out.float().contiguous()
         if a is not None:  # frozen weight: dh_t = g_t a_t (a is 0 on ignored rows)
-            return (g[:, None] * a).to(h.dtype), None, None, None, None, None, None, None
+            return (g[:, None] * a).to(h.dtype), None, None, None, None, None, None, None, None
+        kept_rows, ctx.kept_rows = ctx.kept_rows, None  # a second backward recomputes these rows too
+        n_kept = 0 if kept_rows is None else kept_rows.shape[0]
         n, v = h.shape[0], w.shape[0]
-        token_spans, vocab_spans = _spans(n, ctx.bwd_rows), _spans(v, ctx.bwd_cols)
-        one_token_chunk = len(token_spans) == 1
+        token_spans = [(s + n_kept, e + n_kept) for s, e in _spans(n - n_kept, ctx.bwd_rows)]
+        vocab_spans = _spans(v, ctx.bwd_cols)
+        row_groups = len(token_spans) + (n_kept > 0)  # groups of rows whose dW parts add up
         dh = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if ctx.need_dh else None
         dh_part = torch.empty(min(n, ctx.bwd_rows), h.shape[1], dtype=h.dtype, device=h.device) \
             if ctx.need_dh and h.dtype != torch.float32 else None
         dw = None
-        if ctx.need_dw:  # several token chunks add up into dW: then accumulate in float32
-            dw = torch.empty_like(w) if one_token_chunk else torch.zeros(w.shape, dtype=torch.float32,
+        if ctx.need_dw:  # more than two groups add up into dW in float32; one or two in W's dtype
+            dw = torch.empty_like(w) if row_groups <= 2 else torch.zeros(w.shape, dtype=torch.float32,
                                                                          device=w.device)
+        if n_kept:  # the kept logits become their gradient in place; dh of these rows in one matmul
+            logprobs_backward(kept_rows, kept_rows, y, lse, g, ctx.ignore_index, block=ctx.block)
+            if dh is not None:
+                dh[:n_kept] = torch.mm(kept_rows, w)
         buf = None if kept is not None else torch.empty(min(n, ctx.bwd_rows) * min(v, ctx.bwd_cols),
                                                         dtype=h.dtype, device=h.device)
-        for ts, te in token_spans:
-            h_i = h[ts:te]
-            for vs, ve in vocab_spans:
+        for vs, ve in vocab_spans:
+            written = False  # whether dw[vs:ve] holds a first part (W's-dtype accumulation)
+
+            def add_dw(z, h_rows):
+                nonlocal written
+                if dw.dtype == z.dtype:
+                    (dw[vs:ve].addmm_(z.t(), h_rows) if written or row_groups > 2 else
+                     torch.mm(z.t(), h_rows, out=dw[vs:ve]))
+                else:
+                    dw[vs:ve] += torch.mm(z.t(), h_rows).float()
+                written = True
+
+            if n_kept and dw is not None:
+                add_dw(kept_rows[:, vs:ve], h[:n_kept])
+            for ts, te in token_spans:
+                h_i = h[ts:te]
                 if kept is not None:  # the forward's logits; not overwritten, so a second backward still works
                     z = torch.empty_like(kept)
                     logprobs_backward(kept, z, y, lse, g, ctx.ignore_index, block=ctx.block)
@@ -212,12 +246,7 @@ class LinearLogProbs(torch.autograd.Function):
                     else:
                         dh[ts:te] += torch.mm(z, w[vs:ve], out=dh_part[: te - ts])
                 if dw is not None:
-                    if one_token_chunk:
-                        torch.mm(z.t(), h_i, out=dw[vs:ve])
-                    elif dw.dtype == z.dtype:
-                        dw[vs:ve].addmm_(z.t(), h_i)
-                    else:
-                        dw[vs:ve] += torch.mm(z.t(), h_i).float()
+                    add_dw(z, h_i)
         dh = dh.to(h.dtype) if dh is not None else None
         dw = dw.to(w.dtype) if dw is not None else None
-        return dh, dw, None, None, None, None, None, None
+        return dh, dw, None, None, None, None, None, None, None

@@ -299,6 +299,31 @@ def test_triton_linear_logprobs_kept_logits_and_second_backward(tri):
     torch.testing.assert_close(w_in.grad.double(), 2 * ref_dw, atol=4e-5, rtol=0)
 
 
+@pytest.mark.parametrize("keep_rows,max_tokens", [(3, None), (10, None), (4, 3)])
+def test_triton_linear_logprobs_keeps_logits_within_budget(tri, monkeypatch, keep_rows, max_tokens):
+    # the first keep_rows tokens' logits are kept (3 of 10; all 10 but vocabulary chunks of 256 < V; 4 kept
+    # plus backward token chunks of 3: dW of 4 row groups adds in float32); others are recomputed
+    if max_tokens:
+        monkeypatch.setattr(tri, "BWD_MAX_TOKENS", max_tokens)
+    v = 300
+    for dtype, needs in ((torch.float32, (True, True)), (torch.float32, (False, True)), (torch.bfloat16, (True, True))):
+        size = torch.tensor([], dtype=dtype).element_size()
+        fn = lambda h, w, y: tri.LinearLogProbs.apply(h, w, y, IGNORE, needs[0], needs[1], 4 * v * size, 64,
+                                                      keep_rows * v * size)
+        check_linear(fn, 10, 16, v, "some", dtype, needs)
+
+
+def test_triton_linear_logprobs_kept_rows_second_backward_recomputes(tri):
+    h, w, y, g = make_linear_case(10, 16, 300, "some", torch.float32, seed=8)
+    h_in, w_in = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    out = tri.LinearLogProbs.apply(h_in, w_in, y, IGNORE, True, True, 4 * 300 * 4, 64, 3 * 300 * 4)
+    out.backward(g, retain_graph=True)
+    out.backward(g)  # the kept logits were overwritten by the first backward: recomputed now
+    _, ref_dh, ref_dw = ref_linear(h, w, y, g)
+    torch.testing.assert_close(h_in.grad.double(), 2 * ref_dh, atol=4e-5, rtol=0)
+    torch.testing.assert_close(w_in.grad.double(), 2 * ref_dw, atol=4e-5, rtol=0)
+
+
 def test_triton_chunk_sizes_follow_budget(tri):
     # SPEC shape, bf16, 512 MiB: forward chunks of 2048 tokens; backward: all 8192 tokens x 32768 columns
     assert tri.chunk_sizes(8192, 128256, 2, 512 * 2**20) == (2048, 8192, 32768)
@@ -353,6 +378,26 @@ def test_cuda_kernels_against_float64(dtype):
             torch.testing.assert_close(h_in.grad.cpu().double(), ref_dh, atol=tol, rtol=tol)
         if needs[1]:
             torch.testing.assert_close(w_in.grad.cpu().double(), ref_dw, atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_linear_logprobs_kept_logits(dtype, monkeypatch):
+    # chunks of 64 tokens, the first 100 tokens' logits kept (a partial chunk), backward vocabulary chunks < V
+    n, d, v = 300, 256, 50_001
+    tri = pytest.importorskip("kernels.triton_logprobs")
+    size = torch.tensor([], dtype=dtype).element_size()
+    monkeypatch.setattr(tri, "MEMORY_BUDGET", 64 * v * size)
+    monkeypatch.setattr(tri, "KEEP_BUDGET", 100 * v * size)
+    h, w, y, g = make_linear_case(n, d, v, "some", dtype, seed=13)
+    ref_out, ref_dh, ref_dw = ref_linear(h, w, y, g)
+    h_in, w_in = h.cuda().requires_grad_(True), w.cuda().requires_grad_(True)
+    out = kernels.linear_logprobs(h_in, w_in, y.cuda())
+    out.backward(g.cuda())
+    tol = 1e-3 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(out.cpu().double(), ref_out, atol=tol, rtol=0)
+    torch.testing.assert_close(h_in.grad.cpu().double(), ref_dh, atol=tol, rtol=tol)
+    torch.testing.assert_close(w_in.grad.cpu().double(), ref_dw, atol=tol, rtol=tol)
 
 
 # ---------------------------------------------------------------- training numbers with and without the kernels
