@@ -194,6 +194,9 @@ def parse_args(argv=None):
     a("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="weights; auto = float32 on CPU; on "
       "CUDA bf16 autocast, with the frozen base in bf16 and LoRA adapters in float32")
     a("--grad-checkpointing", action="store_true", help="recompute layer activations in backward")
+    a("--checkpoint-policy", choices=("full", "save-matmuls"), default="full", help="with --grad-checkpointing: "
+      "recompute everything, or keep the big matmul outputs (within --checkpoint-budget-mib per block)")
+    a("--checkpoint-budget-mib", type=float, default=None, help="save-matmuls: MiB one block keeps (default: all)")
     a("--precompute-ref", action="store_true", help="compute all reference log-probs once up front")
     a("--eval-every", type=int, default=50, help="validate every N steps (and at the end; 0 = end only)")
     a("--save-every", type=int, default=100, help="save the training state every N steps (and at the end)")
@@ -223,25 +226,17 @@ def parse_args(argv=None):
 def check_args(args):
     """The first meaningless flag value as a one-line message (checked before any file or model is read)."""
     finite = lambda v: v is None or math.isfinite(v)  # noqa: E731
-    rules = [("batch_size", lambda v: v >= 1, ">= 1"), ("grad_accum", lambda v: v >= 1, ">= 1"),
-             ("max_len", lambda v: v >= 2, ">= 2"), ("log_every", lambda v: v >= 1, ">= 1"),
-             ("max_steps", lambda v: v is None or v >= 1, ">= 1"), ("epochs", lambda v: v is None or v >= 1, ">= 1"),
-             ("lr", lambda v: v is None or (v > 0 and finite(v)), "a positive number"),
-             ("warmup_steps", lambda v: v >= 0, ">= 0"), ("weight_decay", lambda v: v >= 0 and finite(v), ">= 0"),
-             ("max_grad_norm", lambda v: v >= 0 and finite(v), ">= 0 (0 = off)"),
-             ("beta", lambda v: v > 0 and finite(v), "a positive number"),
-             ("label_smoothing", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
-             ("lora_rank", lambda v: v >= 0, ">= 0 (0 = full fine-tuning)"),
-             ("lora_alpha", lambda v: v is None or (v > 0 and finite(v)), "a positive number"),
-             ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
-             ("min_margin", lambda v: v >= 0 and finite(v), "a number >= 0"),
-             ("max_pairs_per_response", lambda v: v >= 0, ">= 0 (0 = no cap)"),
-             ("val_frac", lambda v: 0 <= v < 1, "in [0, 1)"),
-             ("max_val_pairs", lambda v: v is None or v >= 0, ">= 0 (0 = all)"),
-             ("max_train_pairs", lambda v: v >= 0, ">= 0 (0 = all)"),
-             ("eval_every", lambda v: v >= 0, ">= 0"), ("save_every", lambda v: v >= 0, ">= 0"),
-             ("sft_min_score", finite, "a finite number"),
-             ("sft_top_frac", lambda v: v is None or 0 < v <= 1, "in (0, 1]")]
+    at_least = lambda lo: (lambda v: v is None or v >= lo)  # noqa: E731
+    rules = [(n, at_least(1), ">= 1") for n in ("batch_size", "grad_accum", "log_every", "max_steps", "epochs")]
+    rules += [(n, at_least(0), ">= 0 (0 = off / all)") for n in ("warmup_steps", "max_pairs_per_response",
+                                                                  "max_val_pairs", "max_train_pairs", "eval_every",
+                                                                  "save_every", "lora_rank")]
+    rules += [(n, lambda v: v is None or (v >= 0 and finite(v)), "a number >= 0")
+              for n in ("weight_decay", "max_grad_norm", "min_margin", "checkpoint_budget_mib")]
+    rules += [(n, lambda v: v is None or (v > 0 and finite(v)), "a positive number") for n in ("lr", "beta", "lora_alpha")]
+    rules += [("max_len", at_least(2), ">= 2"), ("label_smoothing", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+              ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)"), ("val_frac", lambda v: 0 <= v < 1, "in [0, 1)"),
+              ("sft_min_score", finite, "a finite number"), ("sft_top_frac", lambda v: v is None or 0 < v <= 1, "in (0, 1]")]
     rules += [(f"lambda_{k}", lambda v: v >= 0 and finite(v), "a number >= 0") for k in registry.DIMENSIONS]
     for name, ok, what in rules:
         value = getattr(args, name)
@@ -343,6 +338,8 @@ def prepare(run, ref_model, log):
     if ref_model is not None:
         ref_model.requires_grad_(False).eval()
     policy.gradient_checkpointing = args.grad_checkpointing
+    policy.checkpoint_policy = args.checkpoint_policy
+    policy.checkpoint_budget = None if args.checkpoint_budget_mib is None else int(args.checkpoint_budget_mib * 2**20)
     policy.train()
     seq = distributed.SequenceLogps(policy)
     ref_seq = None if ref_model is None else distributed.SequenceLogps(ref_model)
