@@ -1,3 +1,4 @@
+import gzip
 import itertools
 import json
 import os
@@ -501,6 +502,16 @@ def test_collate_by_hand():
         data.collate([], pad_id=0)
 
 
+def test_pad_batch_without_responses_and_common_prefix_by_hand():
+    ids, att, resp = data.pad_batch([[7, 8, 9], [4]], pad_id=2)
+    assert ids.tolist() == [[7, 8, 9], [4, 2, 2]] and att.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert resp.tolist() == [[0, 0, 0], [0, 0, 0]] and ids.dtype == att.dtype == resp.dtype == torch.long
+    assert data.common_prefix_len([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert data.common_prefix_len([[1, 2], [1, 2, 3]]) == 2  # one sequence is a prefix of the other
+    assert data.common_prefix_len([[1, 2], [3, 2]]) == data.common_prefix_len([[], [1]]) == 0
+    assert data.common_prefix_len([[5, 6, 7]]) == 3
+
+
 def test_tokenize_then_collate_masks_cover_response_and_eot():
     pairs = [{"prompt": "ab", "chosen": "xy", "rejected": "z"}, {"prompt": "c", "chosen": "w", "rejected": "vvv"}]
     items, _ = data.tokenize_pairs(pairs, CharTokenizer(), max_len=64)
@@ -544,11 +555,10 @@ def test_sample_file():
     assert train and val and not {p["prompt"] for p in train} & {p["prompt"] for p in val}
 
 
-@pytest.mark.skipif(not os.path.exists(SHARED_DATA), reason=f"real ratings not found at {SHARED_DATA}")
 def test_real_ratings():
-    rows, report = data.read_rows(SHARED_DATA)
+    rows, report = data.read_rows(SHARED_DATA)  # gzipped: read_rows decompresses it
     assert (report.kind, report.read, report.n_skipped, report.blank) == ("rating", 29007, 0, 0)
-    raw = [json.loads(line) for line in open(SHARED_DATA, encoding="utf-8")]
+    raw = [json.loads(line) for line in gzip.open(SHARED_DATA, "rt", encoding="utf-8")]
     unique = {(r["prompt"].strip(), r["response"].strip()) for r in raw}
     assert report.kept == len(rows) == len(unique) and report.duplicates_merged == 29007 - len(unique)
     assert accounted(report) and report.prompts == len({r["prompt"] for r in raw}) == 44
