@@ -99,7 +99,7 @@ def test_lora_merge_and_peft_adapter(tmp_path):
             base = ours(ids)
     assert (adapted - base).abs().max() > 1e-2
     assert (base - hf_logits(hf, ids)).abs().max() < 1e-4
-    checkpoint.save_adapter(ours, tmp_path / "adapter")
+    checkpoint.save_adapter(ours, tmp_path / "adapter", base_model_name_or_path=folder)
     peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
     with torch.no_grad():
         peft_logits = peft_model(input_ids=ids).logits
@@ -224,3 +224,62 @@ def test_default_perplexity_matches_transformers(default, hf_default):
         ours_ppl, hf_ppl = ppl(ours(x)), ppl(hf(input_ids=x).logits)
     assert abs(ours_ppl - hf_ppl) / hf_ppl < 0.03, (ours_ppl, hf_ppl)
     assert ours_ppl < 60, "a real language model: a plain paragraph should not look random"
+
+
+# ----------------------------------------------------------------------------- LoRA adapter folders
+
+def trained_lora(folder, seed=3, **kw):
+    """The checkpoint in folder with LoRA added and its A, B drawn at random (as after training)."""
+    m, tok = checkpoint.load(folder)
+    torch.manual_seed(seed)
+    params = model.add_lora(m, **kw)
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.3)
+    return m, tok
+
+
+def test_adapter_folder_loads_as_its_base_plus_the_adapter(tmp_path):
+    _, folder = tiny_hf_model("llama", tmp_path)
+    trained, tok = trained_lora(folder, rank=4, alpha=8, targets=("q_proj", "v_proj", "down_proj"))
+    checkpoint.save_adapter(trained, tmp_path / "adapter", base_model_name_or_path=folder)
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == os.path.abspath(folder)
+    back, back_tok = checkpoint.load(tmp_path / "adapter")
+    assert back.lora == trained.lora and len(model.lora_modules(back)) == 2 * 3
+    ids = torch.randint(0, 128, (2, 15), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        assert torch.equal(back(ids), trained(ids))  # the same weights, the same computation
+        with model.lora_disabled(back):
+            base, _ = checkpoint.load(folder)
+            assert torch.equal(back(ids), base(ids))
+    assert back_tok.encode("w3 w7") == tok.encode("w3 w7")
+
+
+def test_adapter_of_the_embedded_default_records_it_and_loads_back(tmp_path):
+    trained, _ = trained_lora(None, rank=2, alpha=4, targets=("q_proj",))
+    checkpoint.save_adapter(trained, tmp_path / "adapter")  # no base given: the embedded default
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == checkpoint.DEFAULT_MODEL_NAME
+    back, _ = checkpoint.load(tmp_path / "adapter")
+    ids = torch.tensor([[1, 504, 3458, 314, 2114, 30]])
+    with torch.no_grad():
+        assert torch.equal(back(ids), trained(ids))
+
+
+def test_adapter_without_a_usable_base_says_which_model_to_pass(tmp_path):
+    _, folder = tiny_hf_model("mistral", tmp_path)
+    trained, tok = trained_lora(folder, rank=2, alpha=4)
+    out = tmp_path / "out"  # crpo.py's layout: the merged model in out/, the adapter in out/adapter
+    checkpoint.save(trained, tok, out)
+    checkpoint.save_adapter(trained, out / "adapter", base_model_name_or_path=folder)
+    cfg_path = out / "adapter" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    for base, message in ((None, "no base_model_name_or_path"), (str(tmp_path / "gone"), "is not on this machine")):
+        cfg_path.write_text(json.dumps({**cfg, "base_model_name_or_path": base}))
+        with pytest.raises(model.ModelError, match=f"{message}.*--model {out}") as e:
+            checkpoint.load(out / "adapter")
+        assert "\n" not in str(e.value)
+    cfg_path.write_text(json.dumps({**cfg, "target_modules": ["q_proj"]}))  # weights for all seven targets
+    with pytest.raises(model.ModelError, match="does not fit its base"):
+        checkpoint.load(out / "adapter")

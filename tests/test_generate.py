@@ -1,7 +1,10 @@
 """generate.py: greedy and sampled generation with the KV cache, the shared-prefix pass, the command line."""
+import pytest
 import torch
 
+import checkpoint
 import generate
+from fakes import tiny_hf_model, tiny_model
 
 
 def test_default_greedy_answer_names_paris(default):
@@ -39,3 +42,70 @@ def test_sampling_is_seeded_and_top_p_restricts(default):
     gen = torch.Generator().manual_seed(0)
     draws = {int(generate.sample(logits, 1.0, 0.7, gen)) for _ in range(200)}
     assert draws == {0, 1}
+
+
+# ----------------------------------------------------------------------------- KV cache and shared prefix (tiny model)
+
+def test_new_kv_cache_shapes_follow_the_model():
+    m = tiny_model(0).to(torch.float64)
+    cache = generate.new_kv_cache(m, 3, 11)
+    c = m.config
+    assert cache["start"] == 0 and len(cache["k"]) == len(cache["v"]) == c.n_layers
+    assert all(t.shape == (3, c.n_kv_heads, 11, c.head_dim) and t.dtype == torch.float64 for t in cache["k"] + cache["v"])
+
+
+def test_shared_prefix_hidden_equals_one_pass_per_sequence():
+    m = tiny_model(0)
+    seqs = [[1, 5, 6, 7, 2, 9, 9, 3], [1, 5, 6, 7, 2, 8, 3], [1, 5, 6, 7, 2, 10, 11, 12, 13, 3], [1, 5, 6, 7, 2, 3]]
+    stats = {"lm_tokens": 0, "attention_pairs": 0}
+    seen = []
+    for idx, hidden, lengths in generate.shared_prefix_hidden(m, seqs, 3, stats):
+        assert lengths.tolist() == [len(seqs[i]) for i in idx]
+        for row, i in enumerate(idx):
+            with torch.no_grad():
+                ref = m.hidden(torch.tensor([seqs[i]]))[0]
+            # the same causal attention summed in another order: a few tens of float32 steps at its magnitude
+            assert (hidden[row, :len(seqs[i])] - ref).abs().max() <= 64 * 2.0 ** -23 * ref.abs().max()
+            seen.append(i)
+    assert sorted(seen) == [0, 1, 2, 3]
+    P = 5  # [1, 5, 6, 7, 2] runs once
+    assert stats["lm_tokens"] == P + sum(len(s) - P for s in seqs)
+    assert stats["attention_pairs"] == P * (P + 1) // 2 + sum(sum(range(P + 1, len(s) + 1)) for s in seqs)
+
+
+def test_shared_prefix_keeps_one_token_of_a_sequence_that_is_all_prefix():
+    m = tiny_model(0)
+    seqs = [[1, 5, 6], [1, 5, 6, 7, 8]]  # the first is a prefix of the second: P = 2, not 3
+    stats = {"lm_tokens": 0, "attention_pairs": 0}
+    out = {i: h[r, :len(seqs[i])] for idx, h, _ in generate.shared_prefix_hidden(m, seqs, 4, stats) for r, i in enumerate(idx)}
+    assert stats["lm_tokens"] == 2 + 1 + 3
+    for i, s in enumerate(seqs):
+        with torch.no_grad():
+            ref = m.hidden(torch.tensor([s]))[0]
+        assert (out[i] - ref).abs().max() <= 64 * 2.0 ** -23 * ref.abs().max()
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def test_cli_prints_what_generate_returns_and_errors_in_one_line(tmp_path, capsys):
+    pytest.importorskip("transformers", reason="transformers writes the tiny checkpoint (requirements-dev.txt)")
+    _, folder = tiny_hf_model("qwen2", tmp_path)
+    m, tok = checkpoint.load(folder)
+    prompts = ["w3 w4", "w5"]
+    want = generate.generate(m, tok, prompts, n=2, max_new_tokens=4, temperature=0.0)
+    assert generate.main(["--model", str(folder), *prompts, "--n", "2", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    for prompt, texts in zip(prompts, want):
+        assert f"\n> {prompt}\n" + "".join(f"  {t}\n" for t in texts) in out
+    assert generate.main(["--model", str(tmp_path / "missing"), "x"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "missing: no such file or folder" in err and "\n" not in err
+    for flags, message in ((["--n", "0"], "--n must be >= 1"), (["--top-p", "0"], "--top-p must be in (0, 1]"),
+                           (["--temperature", "-1"], "--temperature must be a number >= 0"),
+                           (["--device", "nonsense"], "is not a device")):
+        with pytest.raises(SystemExit) as e:
+            generate.main(flags)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        generate.main(["--help"])
+    assert "(default: 48)" in capsys.readouterr().out  # --max-new-tokens: help shows defaults
