@@ -1,6 +1,6 @@
 """Does CrPO make a model more creative than plain DPO? A small, honest reproduction on real human ratings.
 
-From ../shared/data/dt_ratings.jsonl (human originality ratings of divergent-thinking responses):
+From data/dt_ratings.jsonl.gz (human originality ratings of divergent-thinking responses):
 
 1. Hold out prompts: per task (Alternate Uses, Instances, Consequences, Sentence Completion), --heldout-per-task
    prompt groups drawn with random.Random(seed). A group is the prompts that share a task and the first five
@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
 
-DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "dt_ratings.jsonl")
+DEFAULT_DATA = os.path.join(ROOT, "data", "dt_ratings.jsonl.gz")
 TASKS = ("Alternate Uses", "Instances", "Consequences", "Sentence Completion")
 DIMS = ("novelty", "diversity", "surprise", "quality")
 RUNS = {  # name -> lambdas (every run passes all four, so crpo.py's defaults never leak in)
@@ -54,7 +54,7 @@ RUNS = {  # name -> lambdas (every run passes all four, so crpo.py's defaults ne
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     a = p.add_argument
-    a("--data", default=DEFAULT_DATA, help="rating rows with task and item (default ../shared/data/dt_ratings.jsonl)")
+    a("--data", default=DEFAULT_DATA, help="rating rows with task and item (default data/dt_ratings.jsonl.gz)")
     a("--out-dir", default="/tmp/crpo_experiment", help="data subsets, trained models, caches, logs")
     a("--results", default=os.path.join(ROOT, "results"), help="where the per-model JSON files go")
     a("--seed", type=int, default=0, help="held-out choice, response sampling, pairs, training, sampling")
