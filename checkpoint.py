@@ -177,10 +177,12 @@ def hf_config(cfg, state):
 
 
 def to_ours(hf_name):
+    """HF tensor name -> ours: model.embed_tokens -> embed, "model." dropped (lm_head stays)."""
     return "embed.weight" if hf_name == "model.embed_tokens.weight" else hf_name.removeprefix("model.")
 
 
 def to_hf(our_name):
+    """Our tensor name -> HF (the inverse of to_ours)."""
     return "model.embed_tokens.weight" if our_name == "embed.weight" else (
         our_name if our_name.startswith("lm_head") else "model." + our_name)
 
@@ -316,6 +318,7 @@ def package_dir(package):
 
 
 def default_model_path():
+    """The embedded default GGUF file (SmolLM2-135M-Instruct, Q4_1) inside its installed package."""
     package, file = DEFAULT_MODEL
     return os.path.join(package_dir(package), file)
 

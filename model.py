@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import kernels
 
+
 class ModelError(ValueError):
     """A checkpoint that cannot be read: the message names the file and what is supported."""
 

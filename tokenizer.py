@@ -79,6 +79,8 @@ def default_system_prompt(template):
 
 
 def make_tokenizer(tok, template, specials, name):
+    """A Tokenizer from a `tokenizers` object, the checkpoint's chat template (or None) and its special tokens
+    {"bos", "eos", "pad"} (token strings or None); the end-of-turn token follows from the chat format."""
     vocab = tok.get_vocab()
     fmt = detect_chat_format(template, vocab)
     eot = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "mistral": specials.get("eos")}[fmt]
