@@ -125,7 +125,7 @@ def main(argv=None):
     ap.add_argument("prompts", nargs="*", help="user prompts",
                     default=["What is the capital of France?", "Suggest one unusual, creative use for a brick."])
     ap.add_argument("--model", default=None, help="HF folder (e.g. crpo.py's out/), .gguf file or LoRA adapter folder "
-                                                  "(out/adapter); default: the embedded SmolLM2-135M-Instruct")
+                                                  "(out/adapter); None: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--n", type=int, default=1, help="samples per prompt")
     ap.add_argument("--max-new-tokens", type=int, default=48, help="most tokens generated per sample")
     ap.add_argument("--temperature", type=float, default=0.0, help="softmax temperature; 0 = greedy")
