@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 import data
 import distributed
-import model as checkpoint  # TEMP: until the split lands (checkpoint.load / save / save_adapter)
+import checkpoint
+import encoder as sentence_encoder
 import model
 import outputs
 import pairs
@@ -496,7 +497,7 @@ def train(args, progress=None):
 
     # 3. creativity scores (precomputed columns, else score.py with the reference LM), token ids
     lambdas = {k: getattr(args, f"lambda_{k}") for k in registry.DIMENSIONS} if args.objective == "crpo" else {}
-    encoder = load_model(args.score_encoder, device, loader=checkpoint.load_encoder) if args.score_encoder else None
+    encoder = load_model(args.score_encoder, device, loader=sentence_encoder.load_encoder) if args.score_encoder else None
     pairs.ensure_scores(train_pairs + val_pairs, lambdas, args, ref_model or policy, tokenizer, rank, world, encoder)
     active = {k: v for k, v in lambdas.items() if v > 0}
     if args.objective == "crpo":

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import files
 import registry
+from tokenizer import tokenize_pairs, tokens_summary
 
 RATING_FIELDS = {  # canonical name -> accepted names, first present wins
     "prompt": ("prompt", "FullPrompt", "Prompt"),
@@ -166,11 +168,9 @@ def _parse_preference(obj, score_columns=()):
         _field(obj, "prompt")
     row["chosen"] = _message_text(_field(obj, "chosen"), "chosen", "assistant")
     row["rejected"] = _message_text(_field(obj, "rejected"), "rejected", "assistant")
-    for name in score_columns:
-        for side in ("chosen", "rejected"):
-            key = f"{name}_{side}"
-            if obj.get(key) is not None:
-                row[key] = _number(obj[key], key, unit_range=True)
+    for key in [f"{name}_{side}" for name in score_columns for side in ("chosen", "rejected")]:
+        if obj.get(key) is not None:
+            row[key] = _number(obj[key], key, unit_range=True)
     for key in ("score_chosen", "score_rejected"):  # e.g. UltraFeedback's ratings; only logged
         if obj.get(key) is not None:
             row[key] = _number(obj[key], key)
@@ -178,7 +178,7 @@ def _parse_preference(obj, score_columns=()):
 
 
 def read_rows(path, *, skip_bad_rows=False, score_columns=()):
-    """Read a JSON Lines file of rating or preference rows -> (rows, ReadReport).
+    """Read a JSON Lines file (or a gzipped one, .jsonl.gz) of rating or preference rows -> (rows, ReadReport).
 
     Each row is a dict with "kind" and "line" (1-based source line) added. A bad row (not UTF-8, not JSON,
     not an object, missing field, wrong type, empty text, non-finite score, a row of the other kind) raises
@@ -190,19 +190,13 @@ def read_rows(path, *, skip_bad_rows=False, score_columns=()):
     """
     path = str(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        lines = files.read_lines(path)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a JSON Lines file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    if lines and lines[0].startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark
-        lines[0] = lines[0][3:]
+    except (OSError, EOFError) as e:  # EOFError, gzip.BadGzipFile: a damaged .gz file
+        raise DataError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
 
     report = ReadReport(path=path, lines=len(lines))
     rows, first_row_of = [], {}  # (prompt, response) -> index into rows
@@ -448,122 +442,40 @@ def split_by_prompt(pairs, val_frac, seed):
 
 
 def split_summary(train, val):
-    def n_prompts(ps):
-        return len({p["prompt"] for p in ps})
+    n_prompts = lambda ps: len({p["prompt"] for p in ps})  # noqa: E731
     return (f"train: {len(train):,} pairs over {n_prompts(train):,} prompts; "
             f"val: {len(val):,} pairs over {n_prompts(val):,} prompts")
 
 
 # ----------------------------------------------------------------------------------------------------
-# tokens and batches
+# batches
 
-def _common_prefix(a, b):
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+def pad_batch(seqs, pad_id, response_starts=None):
+    """Right-padded (input_ids, attention_mask, response_mask), each [B, T] torch.long, T = the longest.
 
-
-def _truncate(prompt_ids, keep_head, keep_tail, responses, max_len):
-    """Fit prompt + each response into max_len: first drop prompt-text tokens from the left (the chat
-    template's first keep_head and last keep_tail tokens, e.g. the assistant header, stay), then cut each
-    response on the right. The prompt is cut once for all responses so they share the same context."""
-    over = len(prompt_ids) + max(len(r) for r in responses) - max_len
-    cut = 0
-    if over > 0:
-        cut = max(0, min(over, len(prompt_ids) - keep_head - keep_tail))
-        prompt_ids = prompt_ids[:keep_head] + prompt_ids[keep_head + cut:]
-    room = max(0, max_len - len(prompt_ids))
-    return prompt_ids, [r[:room] for r in responses], cut > 0
-
-
-def tokenize_pairs(pairs, tokenizer, max_len=512):
-    """Tokenize pairs through tokenizer.chat(prompt, response) -> (items, stats).
-
-    Each item: {"chosen_ids", "chosen_start", "rejected_ids", "rejected_start", "index"} where ids is the
-    chat-template prompt + response + end-of-turn, start the index of the first response token, and index
-    the pair's position in `pairs`. Sequences longer than max_len are truncated from the prompt text's left
-    (template head and assistant header kept; the same cut for both sides), then the response's right.
-    A pair whose chosen or rejected response is left empty is dropped. stats counts all of it.
-    """
-    if max_len < 2:
-        raise ValueError(f"max_len must be >= 2, got {max_len}")
-    # Where the prompt text sits inside the template: the tokens shared with the empty prompt's template.
-    try:
-        empty_ids, empty_start = tokenizer.chat("")
-        empty_prompt = list(empty_ids[:empty_start])
-    except Exception:  # a template that refuses empty prompts: fall back to cutting from the very left
-        empty_prompt = []
-    chat_cache = {}
-
-    def chat(prompt, response):
-        key = (prompt, response)
-        if key not in chat_cache:
-            ids, start = tokenizer.chat(prompt, response)
-            chat_cache[key] = (list(ids[:start]), list(ids[start:]))
-        return chat_cache[key]
-
-    stats = {"pairs": len(pairs), "items": 0, "truncated_prompt": 0, "truncated_response": 0,
-             "dropped_empty_response": 0, "tokens": 0, "response_tokens": 0, "longest": 0, "max_len": max_len}
-    items = []
-    for index, p in enumerate(tqdm(pairs, desc="tokenizing", unit="pair", disable=len(pairs) < 2000, leave=False)):
-        prompt_c, resp_c = chat(p["prompt"], p["chosen"])
-        prompt_r, resp_r = chat(p["prompt"], p["rejected"])
-        if prompt_c == prompt_r:  # always, for a tokenizer whose chat() renders the prompt independently
-            groups = [(prompt_c, [resp_c, resp_r])]
-        else:
-            groups = [(prompt_c, [resp_c]), (prompt_r, [resp_r])]
-        out = []
-        for prompt_ids, responses in groups:
-            head = _common_prefix(prompt_ids, empty_prompt)
-            tail = _common_prefix(prompt_ids[head:][::-1], empty_prompt[head:][::-1])
-            new_prompt, new_responses, prompt_cut = _truncate(prompt_ids, head, tail, responses, max_len)
-            stats["truncated_prompt"] += prompt_cut
-            for old, new in zip(responses, new_responses):
-                stats["truncated_response"] += len(new) < len(old)
-                out.append((new_prompt, new))
-        if any(len(r) == 0 for _, r in out):
-            stats["dropped_empty_response"] += 1
-            continue
-        (pc, rc), (pr, rr) = out
-        item = {"chosen_ids": pc + rc, "chosen_start": len(pc), "rejected_ids": pr + rr, "rejected_start": len(pr),
-                "index": index}
-        items.append(item)
-        stats["tokens"] += len(item["chosen_ids"]) + len(item["rejected_ids"])
-        stats["response_tokens"] += len(rc) + len(rr)
-        stats["longest"] = max(stats["longest"], len(item["chosen_ids"]), len(item["rejected_ids"]))
-    stats["items"] = len(items)
-    return items, stats
-
-
-def tokens_summary(stats):
-    return (f"{stats['items']:,} of {stats['pairs']:,} pairs tokenized: {stats['tokens']:,} tokens "
-            f"({stats['response_tokens']:,} response tokens), longest sequence {stats['longest']:,} "
-            f"(max_len {stats['max_len']:,}); truncated: {stats['truncated_prompt']:,} prompts, "
-            f"{stats['truncated_response']:,} responses; {stats['dropped_empty_response']:,} pairs dropped "
-            f"(response empty after truncation)")
-
-
-def collate(items, pad_id):
-    """Right-padded batch of 2B sequences: rows 0..B-1 the chosen, rows B..2B-1 the rejected.
-
-    input_ids [2B, T] (pad_id after the end), attention_mask [2B, T] (1 = real token), response_mask
-    [2B, T] (1 exactly on response tokens, the end-of-turn token included), all torch.long.
-    """
-    if not items:
-        raise ValueError("collate needs at least one item")
-    seqs = [(it["chosen_ids"], it["chosen_start"]) for it in items] + \
-           [(it["rejected_ids"], it["rejected_start"]) for it in items if "rejected_ids" in it]  # SFT: none
-    T = max(len(ids) for ids, _ in seqs)
+    input_ids holds pad_id after each sequence's end, attention_mask 1 on its real tokens, response_mask
+    1 from response_starts[i] to the end of sequence i (all 0 when response_starts is None)."""
+    T = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), T), int(pad_id), dtype=torch.long)
     attention_mask = torch.zeros((len(seqs), T), dtype=torch.long)
     response_mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for row, (ids, start) in enumerate(seqs):
-        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, :len(ids)] = 1
-        response_mask[row, start:len(ids)] = 1
+    for i, s in enumerate(seqs):
+        input_ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        attention_mask[i, :len(s)] = 1
+        if response_starts is not None:
+            response_mask[i, response_starts[i]:len(s)] = 1
+    return input_ids, attention_mask, response_mask
+
+
+def collate(items, pad_id):
+    """pad_batch of 2B sequences, rows 0..B-1 the chosen, rows B..2B-1 the rejected -> {"input_ids",
+    "attention_mask", "response_mask"} [2B, T]; response_mask is 1 exactly on the response tokens (end-of-turn included)."""
+    if not items:
+        raise ValueError("collate needs at least one item")
+    rejected = [it for it in items if "rejected_ids" in it]  # SFT items have no rejected side
+    seqs = [it["chosen_ids"] for it in items] + [it["rejected_ids"] for it in rejected]
+    starts = [it["chosen_start"] for it in items] + [it["rejected_start"] for it in rejected]
+    input_ids, attention_mask, response_mask = pad_batch(seqs, pad_id, starts)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
 
 
@@ -589,14 +501,11 @@ def main(argv=None):
     ap.add_argument("--model", default=None, help="model whose tokenizer --tokens uses (default: embedded default)")
     ap.add_argument("--max-len", type=int, default=512, help="longest sequence, prompt + response, in tokens")
     args = ap.parse_args(argv)
-    if not (math.isfinite(args.min_margin) and args.min_margin >= 0):
-        ap.error("--min-margin must be a number >= 0")
-    if args.max_pairs_per_response < 0:
-        ap.error("--max-pairs-per-response must be >= 0 (0 = no cap)")
-    if not 0 <= args.val_frac < 1:
-        ap.error("--val-frac must be in [0, 1)")
-    if args.max_len < 2:
-        ap.error("--max-len must be >= 2")
+    checks = {"--min-margin must be a number >= 0": math.isfinite(args.min_margin) and args.min_margin >= 0,
+              "--max-pairs-per-response must be >= 0 (0 = no cap)": args.max_pairs_per_response >= 0,
+              "--val-frac must be in [0, 1)": 0 <= args.val_frac < 1, "--max-len must be >= 2": args.max_len >= 2}
+    for message in (m for m, ok in checks.items() if not ok):
+        ap.error(message)  # exits at the first
     try:
         columns = list(registry.DIMENSIONS)  # precomputed score columns to check
         rows, report = read_rows(args.file, skip_bad_rows=args.skip_bad_rows, score_columns=columns)
@@ -611,8 +520,8 @@ def main(argv=None):
             print(f"pair {i + 1}: {p['prompt'][:70]!r}\n  chosen   ({p.get('score_chosen')}): {p['chosen'][:100]!r}"
                   f"\n  rejected ({p.get('score_rejected')}): {p['rejected'][:100]!r}")
         if args.tokens:
-            import model
-            _, tokenizer = model.load(args.model)
+            import checkpoint
+            _, tokenizer = checkpoint.load(args.model)
             for name, split in (("train", train), ("val", val)):
                 if split:
                     print(f"{name}: " + tokens_summary(tokenize_pairs(split, tokenizer, args.max_len)[1]))

@@ -2,7 +2,7 @@
 
     python eval.py --models base=default crpo=out/ --data heldout.jsonl --k 8 --out out/eval.json --report out/eval.md
 
-For each model, k samples per prompt (model.generate: batched, KV cache, seeded). Per prompt p with
+For each model, k samples per prompt (generate.generate: batched, KV cache, seeded). Per prompt p with
 generations g_1..g_k, e(t) the unit-norm sentence embedding, d(u, v) = 1 - cos(u, v):
 
     novelty_p    = mean_i 2 |DSI(g_i) - DSI(C_p)|        score.py's DSI novelty, RAW (not min-max normalised);
@@ -37,11 +37,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import checkpoint
 import data
-import model as modeling
+import encoder as sentence_encoder
+import files
+import generate
 import plot
 import score
 from measures import unit_rows, word_tokens
+from model import ModelError
 
 OTHER_METRICS = ("distinct", "length", "distinct_1", "distinct_2", "pref_accuracy")  # after the score dimensions
 # Two generations are one "class" when their embeddings' cosine is >= this. Calibrated with
@@ -118,7 +122,7 @@ def generate_all(m, tokenizer, prompts, *, k, max_new_tokens, temperature, top_p
     out = {}
     chunks = [prompts[i:i + per_call] for i in range(0, len(prompts), per_call)]
     for c, chunk in enumerate(tqdm(chunks, desc="generate", unit="batch", disable=not show_progress)):
-        texts = modeling.generate(m, tokenizer, chunk, n=k, max_new_tokens=max_new_tokens, temperature=temperature,
+        texts = generate.generate(m, tokenizer, chunk, n=k, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_p=top_p, seed=seed + c)
         out.update(zip(chunk, texts))
     return out
@@ -393,8 +397,8 @@ def run(args):
 
     t0 = time.perf_counter()
     scorer_path = None if args.scorer_model in (None, "default") else os.path.expanduser(args.scorer_model)
-    scorer, scorer_tok = modeling.load(scorer_path, device=args.device)  # loaded once, for every model
-    encoder = modeling.load_encoder(args.encoder, device=args.device)
+    scorer, scorer_tok = checkpoint.load(scorer_path, device=args.device)  # loaded once, for every model
+    encoder = sentence_encoder.load_encoder(args.encoder, device=args.device)
     print(f"scoring model and encoder loaded in {time.perf_counter() - t0:.1f} s")
 
     results, timing = {}, {}
@@ -403,7 +407,7 @@ def run(args):
         if path == scorer_path or (path and scorer_path and os.path.realpath(path) == os.path.realpath(scorer_path)):
             m, tok = scorer, scorer_tok  # the same checkpoint: one copy in memory
         else:
-            m, tok = modeling.load(path, device=args.device)
+            m, tok = checkpoint.load(path, device=args.device)
         t_load = time.perf_counter() - t0
         t0 = time.perf_counter()
         generations = generate_all(m, tok, prompts, k=args.k, max_new_tokens=args.max_new_tokens,
@@ -438,26 +442,19 @@ def run(args):
     return {"models": results, "config": config}
 
 
-def write_atomic(path, text):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def main(argv=None):
     args = parse_args(argv)
     try:
         out = run(args)
-    except (EvalError, data.DataError, modeling.ModelError) as e:
+    except (EvalError, data.DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print()
     print(table(out["models"]))
-    write_atomic(args.out, json.dumps(out, ensure_ascii=False, indent=1))
+    files.write_text(args.out, json.dumps(out, ensure_ascii=False, indent=1))
     print(f"wrote {args.out}")
     if args.report:
-        write_atomic(args.report, markdown_report(out) + "\n")
+        files.write_text(args.report, markdown_report(out) + "\n")
         print(f"wrote {args.report}")
     if args.plot:
         try:

@@ -11,7 +11,8 @@ import sys
 import torch
 
 import distributed
-import model as checkpoint  # TEMP: until the split lands
+import checkpoint
+import files
 import model
 import plot
 
@@ -20,13 +21,9 @@ METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step (train) and pe
 COMMAND_FILE = "command.txt"  # the command line that started the run (the resume hint repeats it)
 
 
-def save_atomic(obj, path):  # TEMP: until files.py lands
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def save_atomic(obj, path):
+    """torch.save through files.write_atomic: PATH is always the old or the new whole file."""
+    files.write_atomic(path, lambda f: torch.save(obj, f))
 
 
 class ResumeError(Exception):

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import data
 import registry
 import score
+from tokenizer import tokenize_pairs, tokens_summary
 
 
 
@@ -147,14 +148,14 @@ def tokenize_splits(train_pairs, val_pairs, tokenizer, lambdas, args, log):
     """{"train": Split, "val": Split}; pairs that truncation leaves without a response are dropped (counted)."""
     splits = {}
     for name, ps in (("train", train_pairs), ("val", val_pairs)):
-        items, tok_stats = data.tokenize_pairs(ps, tokenizer, max_len=args.max_len) if ps else ([], None)
+        items, tok_stats = tokenize_pairs(ps, tokenizer, max_len=args.max_len) if ps else ([], None)
         if args.objective == "sft":
             for it in items:
                 del it["rejected_ids"], it["rejected_start"]
         kept = [ps[it["index"]] for it in items]
         splits[name] = Split(kept, items, score_tensors(kept, lambdas, args.data))
         log(f"{name}: {len({p['prompt'] for p in kept}):,} prompts; "
-            + (data.tokens_summary(tok_stats) if tok_stats else "no pairs"))
+            + (tokens_summary(tok_stats) if tok_stats else "no pairs"))
         if name == "train" and not items:
             raise data.DataError(f"{args.data}: all {len(ps):,} training pairs were dropped by truncation: --max-len "
                             f"{args.max_len} leaves no room for a response after the prompt; raise --max-len")

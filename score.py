@@ -41,12 +41,15 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+import checkpoint
 import data
-from registry import DIMENSIONS, paper_dims, parse_variant, scorer
-import model as checkpoint  # TEMP: until the split lands
+import encoder as sentence_encoder
+import files
 from cache import Cache, cache_name, cached_compute, chat_fingerprint, model_fingerprint, new_stats
+from generate import shared_prefix_hidden
 from measures import NORMALIZE, centroid_novelty, diversity, dsi_novelty, unit_rows, words
-from model import ModelError, load_encoder, sequence_logps  # TEMP
+from model import ModelError, response_logps
+from registry import DIMENSIONS, paper_dims, parse_variant, scorer
 
 JUDGE_QUESTION = (  # the prompt and response come last, so every response of a prompt shares the prefix
     "Is the answer below a sensible, well-formed answer to the prompt? Reply with Yes or No.\n\n"
@@ -56,103 +59,21 @@ JUDGE_QUESTION = (  # the prompt and response come last, so every response of a 
 
 # --------------------------------------------------------------------------------------------------
 # LM scorers (surprise lm, quality judge, quality rm): per prompt, the shared chat prefix runs once
-# (KV cache), then the responses in right-padded batches
-
-
-def pad_batch(seqs, pad_id, response_starts=None):
-    """Right-padded input_ids, attention_mask, response_mask [B, T] (response_mask = 1 from each
-    response start to the end of the sequence)."""
-    T = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    response_mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        input_ids[i, :len(s)] = torch.tensor(s)
-        attention_mask[i, :len(s)] = 1
-        if response_starts is not None:
-            response_mask[i, response_starts[i]:len(s)] = 1
-    return input_ids, attention_mask, response_mask
-
-
-def common_prefix_len(seqs):
-    """Length of the longest token prefix all sequences share, keeping at least one token of each."""
-    n = min(len(s) for s in seqs) - 1
-    first = seqs[0]
-    for s in seqs[1:]:
-        i = 0
-        while i < n and s[i] == first[i]:
-            i += 1
-        n = i
-    return max(n, 0)
-
-
-@torch.inference_mode()  # on a generator: applied each time it resumes
-def shared_prefix_hidden(model, seqs, batch_size, stats=None):
-    """Final hidden states of sequences that share a prefix (the chat-formatted prompt of one group):
-    the P prefix tokens run once and their keys/values (model.hidden's KV cache) serve every sequence,
-    which then runs only its own suffix, batch_size at a time, right-padded. Exact: the same causal
-    attention as one pass over the whole sequence.
-    Yields (indices, hidden [b, P + S, D] right-padded full sequences, lengths [b])."""
-    c, device = model.config, model.embed.weight.device
-    P = common_prefix_len(seqs)
-    kv_dtype = model.embed.weight.dtype
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    was_training = model.training
-    model.eval()
-    try:
-        prefix_cache = {"k": [torch.empty(1, c.n_kv_heads, P, c.head_dim, dtype=kv_dtype, device=device) for _ in range(c.n_layers)],
-                        "v": [torch.empty(1, c.n_kv_heads, P, c.head_dim, dtype=kv_dtype, device=device) for _ in range(c.n_layers)],
-                        "start": 0}
-        prefix_hidden = (model.hidden(torch.tensor([seqs[0][:P]], device=device), None, prefix_cache) if P
-                         else torch.zeros(1, 0, c.dim, dtype=kv_dtype, device=device))
-        if stats is not None:
-            stats["lm_tokens"] += P
-            stats["attention_pairs"] += P * (P + 1) // 2
-        for b0 in range(0, len(order), batch_size):
-            idx = order[b0:b0 + batch_size]
-            suffixes = [seqs[i][P:] for i in idx]
-            ids, mask, _ = pad_batch(suffixes, 0)
-            b, S = ids.shape
-            cache = {"k": [], "v": [], "start": P}
-            for name in ("k", "v"):
-                for layer in prefix_cache[name]:
-                    buf = torch.empty(b, c.n_kv_heads, P + S, c.head_dim, dtype=kv_dtype, device=device)
-                    buf[:, :, :P] = layer
-                    cache[name].append(buf)
-            full_mask = torch.cat([torch.ones(b, P, dtype=torch.long), mask], dim=1).to(device)
-            hidden = model.hidden(ids.to(device), full_mask, cache)
-            hidden = torch.cat([prefix_hidden.expand(b, -1, -1), hidden], dim=1)
-            lengths = torch.tensor([len(seqs[i]) for i in idx], device=device)
-            if stats is not None:
-                stats["lm_tokens"] += sum(len(s) for s in suffixes)
-                stats["attention_pairs"] += sum(sum(range(P + 1, len(seqs[i]) + 1)) for i in idx)
-            yield idx, hidden, lengths
-    finally:
-        model.train(was_training)
-
-
-class _Precomputed:
-    """Stands in for the model inside crpo.sequence_logps, which needs only .hidden and .lm_head: the
-    hidden states are already computed (by shared_prefix_hidden)."""
-
-    def __init__(self, hidden, lm_head):
-        self._hidden, self.lm_head = hidden, lm_head
-
-    def hidden(self, input_ids, attention_mask):
-        return self._hidden
+# (KV cache: generate.shared_prefix_hidden), then the responses in right-padded batches
 
 
 def perplexity(model, tokenizer, prompt, responses, batch_size=16, stats=None):
     """ppl(r | x) = exp(-(1/|r|) sum_{t in r} log p(r_t | x, r_<t)), the response tokens being those of
     tokenizer.chat(x, r) from response_start on (the end-of-turn token included); log p from
-    crpo.sequence_logps. Responses of one prompt x. Yields (indices, perplexities)."""
+    model.response_logps on the hidden states of shared_prefix_hidden. Responses of one prompt x.
+    Yields (indices, perplexities)."""
     chats = [tokenizer.chat(prompt, r) for r in responses]
     seqs = [ids for ids, _ in chats]
     for idx, hidden, _ in shared_prefix_hidden(model, seqs, batch_size, stats):
-        ids, mask, resp = pad_batch([seqs[i] for i in idx], tokenizer.pad_id, [chats[i][1] for i in idx])
-        ids, mask, resp = ids.to(hidden.device), mask.to(hidden.device), resp.to(hidden.device)
+        ids, _, resp = data.pad_batch([seqs[i] for i in idx], tokenizer.pad_id, [chats[i][1] for i in idx])
+        ids, resp = ids.to(hidden.device), resp.to(hidden.device)
         with torch.inference_mode():
-            logps, n_tokens = sequence_logps(_Precomputed(hidden, model.lm_head), ids, mask, resp)
+            logps, n_tokens = response_logps(hidden, model.lm_head.weight, ids, resp)
         if stats is not None:
             stats["lm_head_tokens"] += int(n_tokens.sum())
         yield idx, torch.exp(-logps.double() / n_tokens.clamp(min=1).double()).cpu().numpy()
@@ -182,7 +103,7 @@ def judge(model, tokenizer, prompt, responses, batch_size=16, stats=None):
 
 
 def load_reward_model(path, device="cpu"):
-    """A Llama-family sequence classifier: the transformer via model.load, plus `score.weight` [labels, D]
+    """A Llama-family sequence classifier: the transformer via checkpoint.load, plus `score.weight` [labels, D]
     read from the folder's safetensors. -> (model, tokenizer, score_weight)."""
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     for f in files:
@@ -237,7 +158,7 @@ class Context:
 
     def embed(self, texts, desc):
         if self.encoder is None:
-            self.encoder = load_encoder(None)
+            self.encoder = sentence_encoder.load_encoder(None)
         return embed_texts(self.encoder, texts, cache=self.cache, desc=desc, show_progress=self.show_progress,
                            stats=self.stats)
 
@@ -488,10 +409,7 @@ def output_rows(path, rows, keys):
     for r in rows:
         for line in r.get("merged_lines", [r["line"]]):
             row_of_line[line] = r
-    with open(path, "rb") as f:  # split exactly as data.read_rows does, so line numbers agree
-        lines = f.read().split(b"\n")
-    if lines and lines[0].startswith(b"\xef\xbb\xbf"):
-        lines[0] = lines[0][3:]
+    lines = files.read_lines(path)  # as data.read_rows reads them, so line numbers agree
     out, left_out = [], 0
     for line_no, raw in enumerate(lines, 1):
         if not raw.strip():
@@ -564,7 +482,7 @@ def main(argv=None):
         if args.model:
             lm, tokenizer = checkpoint.load(args.model, device=args.device)
         if args.encoder:
-            encoder = load_encoder(args.encoder, device=args.device)
+            encoder = sentence_encoder.load_encoder(args.encoder, device=args.device)
         kw = dict(model=lm, tokenizer=tokenizer, encoder=encoder, cache_dir=args.cache_dir, reference=reference,
                   batch_size=args.batch_size, source=args.data, normalize=args.normalize, **options)
         if report.kind == "preference":
@@ -577,12 +495,7 @@ def main(argv=None):
     except (data.DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    tmp = args.out + ".tmp"  # TEMP until files.py lands
-    with open(tmp, "w", encoding="utf-8") as f:
-        for obj in out:
-            line = json.dumps(obj, ensure_ascii=False)
-            f.write(line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") + "\n")
-    os.replace(tmp, args.out)
+    files.write_jsonl(args.out, out)
     print(summary(stats))
     print(f"wrote {len(out):,} rows to {args.out} in {time.perf_counter() - t0:.1f} s"
           + (f" ({left_out:,} bad rows skipped, see above)" if left_out else ""))

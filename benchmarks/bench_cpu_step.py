@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import crpo  # noqa: E402
+import checkpoint  # noqa: E402
 import model as M  # noqa: E402
 
 SEQS, LEN, RESP = 8, 64, 32
@@ -48,7 +48,7 @@ def time_steps(step, steps):
 
 def ours(steps):
     t = time.perf_counter()
-    policy, _ = M.load(None)
+    policy, _ = checkpoint.load(None)
     load_s = time.perf_counter() - t
     reference = copy.deepcopy(policy).requires_grad_(False)
     policy.train()
@@ -57,8 +57,8 @@ def ours(steps):
 
     def step():
         with torch.no_grad():
-            ref, _ = crpo.sequence_logps(reference, ids, mask, resp)
-        pol, _ = crpo.sequence_logps(policy, ids, mask, resp)
+            ref, _ = M.sequence_logps(reference, ids, mask, resp)
+        pol, _ = M.sequence_logps(policy, ids, mask, resp)
         dpo_loss(pol, ref).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -68,7 +68,7 @@ def ours(steps):
 
 def hf(steps):
     import transformers
-    path = M.default_model_path()
+    path = checkpoint.default_model_path()
     t = time.perf_counter()
     policy = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                                                dtype=torch.float32)

@@ -12,8 +12,8 @@ OURS = """
 import time, resource, sys
 sys.path.insert(0, {root!r})
 t0 = time.perf_counter()
-import model
-m, tok = model.load(None)
+import checkpoint
+m, tok = checkpoint.load(None)
 print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 """
 
@@ -21,8 +21,8 @@ TRANSFORMERS = """
 import time, resource, sys, os
 sys.path.insert(0, {root!r})
 t0 = time.perf_counter()
-import torch, transformers, model
-path = model.default_model_path()
+import torch, transformers, checkpoint
+path = checkpoint.default_model_path()
 m = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
 tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
 print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
@@ -47,7 +47,7 @@ if __name__ == "__main__":
     print(f"load of the embedded default (SmolLM2-135M-Instruct Q4_1 GGUF -> float32), median of {repeats}, "
           f"{os.cpu_count()} cores; time includes imports")
     print("| loader | time (median) | peak RSS |\n|---|---|---|")
-    print(f"| ours (model.load) | {run(OURS, repeats)} |")
+    print(f"| ours (checkpoint.load) | {run(OURS, repeats)} |")
     try:
         import transformers  # noqa: F401
         print(f"| transformers (from_pretrained gguf_file) | {run(TRANSFORMERS, repeats)} |")

@@ -9,7 +9,7 @@ backward over chosen and rejected (one batch of 2 x pairs sequences) + the CrPO 
 LoRA parameters. Each sequence is a prompt of --prompt-len tokens and a response filling the rest;
 only response tokens count in the log-probabilities.
 
-Rows: ours (model.py's Transformer + model.add_lora + crpo.sequence_logps, i.e. kernels.linear_logprobs on
+Rows: ours (model.py's Transformer + model.add_lora + model.sequence_logps, i.e. kernels.linear_logprobs on
 the response positions only) and transformers + peft when importable (full logits, log_softmax in
 float32, gather: what DPO trainers do). Columns: median ms per step, peak GiB allocated (weights
 included), tokens/s (all tokens of the step's sequences), and the loss (finite: the step really ran).
@@ -31,7 +31,7 @@ import crpo  # noqa: E402
 import model as modeling  # noqa: E402
 
 GIB = 2**30
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_TARGETS = modeling.LORA_TARGETS
 LLAMA_31_8B = dict(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
                    hidden_dim=14336, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=131072, tie_embeddings=False,
                    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -71,8 +71,8 @@ def build_ours(cfg, args, device, dtype):
     def policy_and_reference(batch):
         ids, mask, resp = batch
         with torch.no_grad(), modeling.lora_disabled(m):
-            ref = crpo.sequence_logps(m, ids, mask, resp)[0]
-        pol = crpo.sequence_logps(m, ids, mask, resp)[0]
+            ref = modeling.sequence_logps(m, ids, mask, resp)[0]
+        pol = modeling.sequence_logps(m, ids, mask, resp)[0]
         return pol, ref
     return m, trainable, policy_and_reference
 

@@ -21,9 +21,9 @@ sys.path.insert(0, ROOT)
 
 import data  # noqa: E402
 import eval as evaluation  # noqa: E402
-import model as checkpoint  # noqa: E402  TEMP: until the split lands
+import checkpoint  # noqa: E402
 import score  # noqa: E402
-from model import load_encoder  # noqa: E402  TEMP
+from encoder import load_encoder  # noqa: E402
 
 GRID = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 

@@ -1,6 +1,6 @@
 """How well do score.py's scorers track human originality ratings, and how fast are they?
 
-Validity: on real divergent-thinking data (../shared/data/dt_ratings.jsonl: human responses with a mean
+Validity: on real divergent-thinking data (data/dt_ratings.jsonl.gz: human responses with a mean
 human originality rating), the Spearman correlation between the human rating and every scorer/option,
 per prompt (then averaged per task and overall) and pooled (per-prompt normalised scores, as CrPO sees
 them), with response length (characters, words) as a baseline.
@@ -26,10 +26,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-import model as modeling  # noqa: E402
+import checkpoint  # noqa: E402
+import encoder as sentence_encoder  # noqa: E402
 import score  # noqa: E402
 
-DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "dt_ratings.jsonl")
+DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "dt_ratings.jsonl.gz")
 TASKS = ("Alternate Uses", "Instances", "Consequences", "Sentence Completion")
 SCORERS = [  # (column, dim, score_groups options)
     ("novelty dsi", "novelty", {"novelty": "dsi"}),
@@ -293,7 +294,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     if not os.path.exists(args.data):
-        sys.exit(f"{args.data}: not found (the real ratings live in ../shared/data/dt_ratings.jsonl)")
+        sys.exit(f"{args.data}: not found (the real ratings ship as data/dt_ratings.jsonl.gz)")
     cache_dir = args.cache_dir or score.default_cache_dir()
     t0 = time.perf_counter()
     groups = sample_groups(args.data, args.prompts_per_task, args.max_per_prompt, args.seed)
@@ -303,8 +304,8 @@ def main(argv=None):
               f"(of {sum(g['available'] for g in gs)}; per prompt {min(len(g['responses']) for g in gs) if gs else 0}"
               f"-{max(len(g['responses']) for g in gs) if gs else 0})")
     t = time.perf_counter()
-    lm, tok = modeling.load(None)
-    encoder = modeling.load_encoder(None)
+    lm, tok = checkpoint.load(None)
+    encoder = sentence_encoder.load_encoder(None)
     load_s = time.perf_counter() - t
     print(f"models loaded in {load_s:.1f} s; torch threads: {torch.get_num_threads()}")
     result = {"data": os.path.abspath(args.data), "seed": args.seed, "max_per_prompt": args.max_per_prompt,

@@ -1,5 +1,12 @@
-"""Test doubles shared by several test files: a byte-level tokenizer with a chat format, a tiny random model."""
+"""Test doubles and oracles shared by several test files: a byte-level tokenizer with a chat format, a tiny random
+model, and tiny random HF checkpoints written by transformers itself (the oracle's own writer)."""
+import json
+import os
+
 import torch
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import models as tok_models
+from tokenizers import pre_tokenizers
 
 import model as modeling
 
@@ -35,3 +42,49 @@ def tiny_model(seed=0):
             if p.dim() == 2:
                 p.normal_(0, 0.3)
     return m.eval()
+
+
+def write_tiny_tokenizer(folder, vocab_size):
+    """A word-level tokenizer with `vocab_size` entries, enough for load() to find a tokenizer.json."""
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    tok = HFTokenizer(tok_models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"eos_token": "w1", "bos_token": "w2"}, f)
+
+
+def tiny_hf_model(kind, tmp_path, shard=False, **extra):
+    """A tiny random checkpoint written by transformers' save_pretrained (the oracle's own writer)."""
+    import transformers  # the oracle: only the tests that call this need it
+
+    torch.manual_seed({"llama": 0, "qwen2": 1, "mistral": 2}[kind])
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, initializer_range=0.2, rms_norm_eps=1e-6)
+    common.update(extra)
+    if kind == "llama":
+        cfg = transformers.LlamaConfig(tie_word_embeddings=False, **common)
+        hf = transformers.LlamaForCausalLM(cfg)
+    elif kind == "qwen2":
+        cfg = transformers.Qwen2Config(tie_word_embeddings=True, **common)
+        hf = transformers.Qwen2ForCausalLM(cfg)
+        with torch.no_grad():  # transformers initialises biases to zero: make them matter
+            for layer in hf.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.5)
+    else:
+        cfg = transformers.MistralConfig(tie_word_embeddings=False, **common)
+        hf = transformers.MistralForCausalLM(cfg)
+    with torch.no_grad():  # RMSNorm gains start at 1: perturb so a wrong mapping shows
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.3)
+    folder = tmp_path / kind
+    hf.save_pretrained(folder, max_shard_size="40KB" if shard else "5GB")
+    write_tiny_tokenizer(folder, 128)
+    return hf.eval(), folder
+
+
+def hf_logits(hf, ids, mask=None):
+    with torch.no_grad():
+        return hf(input_ids=ids, attention_mask=mask).logits.float()

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, pre_tokenizers
 from tokenizers import models as tok_models
 
+import checkpoint
 import crpo
 import data
 import distributed
@@ -23,6 +24,7 @@ import model
 import outputs
 import registry
 import score
+import tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIMS = ("novelty", "diversity", "surprise", "quality")
@@ -176,7 +178,7 @@ def tiny_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(["<|im_start|>", "<|im_end|>", "<|endoftext|>"])
-    return model.Tokenizer(tok, chat_format="chatml", eos="<|im_end|>", pad="<|endoftext|>", eot="<|im_end|>",
+    return tokenizer.Tokenizer(tok, chat_format="chatml", eos="<|im_end|>", pad="<|endoftext|>", eot="<|im_end|>",
                            chat_template=TEMPLATE, name="tiny")
 
 
@@ -192,7 +194,7 @@ def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_model")
     tok = tiny_tokenizer()
     net = tiny_transformer(tok.tok.get_vocab_size())
-    model.save(net, tok, str(folder))
+    checkpoint.save(net, tok, str(folder))
     return str(folder)
 
 
@@ -234,7 +236,7 @@ def read_metrics(out, split="train"):
 
 
 def test_sequence_logps_counts_only_response_tokens_and_batches_like_single_calls(tiny):
-    net, tok = model.load(tiny)
+    net, tok = checkpoint.load(tiny)
     texts = [("Name a use for a brick.", "a doorstop"), ("Hi", "hello there, friend"), ("Why is the sky blue?", "air")]
     items = []
     for prompt, response in texts:
@@ -388,7 +390,7 @@ def test_metrics_rows(straight_runs):
 def test_final_checkpoint_loads_in_transformers(kind, straight_runs):
     transformers = pytest.importorskip("transformers", reason="transformers is the oracle")
     out = straight_runs[kind]
-    ours, tok = model.load(out)
+    ours, tok = checkpoint.load(out)
     if kind == "lora":
         assert os.path.isfile(os.path.join(out, "adapter", "adapter_model.safetensors"))
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
@@ -401,12 +403,12 @@ def test_final_checkpoint_loads_in_transformers(kind, straight_runs):
 
 def test_lora_export_is_base_plus_trained_adapter(tiny, straight_runs):
     out = straight_runs["lora"]
-    net, tok = model.load(tiny)
+    net, tok = checkpoint.load(tiny)
     model.add_lora(net, rank=4, alpha=8.0)
     state = torch.load(os.path.join(out, outputs.STATE_FILE), weights_only=True)
     missing, unexpected = net.load_state_dict(state["weights"], strict=False)
     assert not unexpected and all("lora_" not in k for k in missing)
-    merged, _ = model.load(out)
+    merged, _ = checkpoint.load(out)
     ids = torch.tensor([tok.chat("Name an unusual use for a moon.", "tree song lamp")[0]])
     with torch.no_grad():
         assert torch.allclose(merged(ids), net(ids), rtol=0, atol=1e-4)
@@ -578,7 +580,7 @@ def test_sft_loss_is_the_mean_nll_of_the_response_tokens(tiny, ratings, tmp_path
                           "--batch-size", "64", "--grad-accum", "1")) == 0
     rows, _ = data.read_rows(ratings)
     train_prompts = {p["prompt"] for p in train_pairs_of(ratings)[0]}
-    net, tok = model.load(tiny)
+    net, tok = checkpoint.load(tiny)
     nll, n = 0.0, 0  # float64, from the logits of the whole sequence, every response token (end of turn included)
     for r in rows:
         if r["score"] >= 2.5 and r["prompt"] in train_prompts:
@@ -624,7 +626,7 @@ def test_sft_resume_equals_uninterrupted_run(tiny, ratings, tmp_path, monkeypatc
     ("--score-quality", "oracle", "not a scorer"), ("--val-frac", "1", "--val-frac must be in [0, 1)"),
 ])
 def test_meaningless_flags_stop_in_one_line_before_any_model_loads(flag, value, message, capsys, monkeypatch):
-    monkeypatch.setattr(crpo.checkpoint, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(checkpoint, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(SystemExit) as stop:
         crpo.main(["--data", "whatever.jsonl", flag, value])
     assert stop.value.code == 2

@@ -1,3 +1,4 @@
+import gzip
 import itertools
 import json
 import os
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import data
+import tokenizer as tokenization
 from conftest import ROOT, SHARED_DATA
 
 SCORES = ("novelty", "diversity", "surprise", "quality")  # the score columns these rows carry (crpo passes score.py's)
@@ -423,7 +425,7 @@ def chars(s):
 
 def test_tokenize_without_truncation():
     pairs = [{"prompt": "hi", "chosen": "abc", "rejected": "de"}]
-    items, stats = data.tokenize_pairs(pairs, CharTokenizer(), max_len=100)
+    items, stats = tokenization.tokenize_pairs(pairs, CharTokenizer(), max_len=100)
     assert items == [{"chosen_ids": [S, E, U] + chars("hi") + [E, A] + chars("abc") + [E], "chosen_start": 7,
                       "rejected_ids": [S, E, U] + chars("hi") + [E, A] + chars("de") + [E], "rejected_start": 7,
                       "index": 0}]
@@ -435,22 +437,22 @@ def test_tokenize_truncates_prompt_left_then_response_right():
     pairs = [{"prompt": "abcdefgh", "chosen": "xyz", "rejected": "q"}]
     head, tail = [S, E, U], [E, A]
     # prompt part 3 + 8 + 2 = 13 tokens; chosen response 4 (with EOT), rejected 2
-    items, stats = data.tokenize_pairs(pairs, CharTokenizer(), max_len=15)  # 2 over: drop "ab", same for both
+    items, stats = tokenization.tokenize_pairs(pairs, CharTokenizer(), max_len=15)  # 2 over: drop "ab", same for both
     assert items[0]["chosen_ids"] == head + chars("cdefgh") + tail + chars("xyz") + [E]
     assert items[0]["rejected_ids"] == head + chars("cdefgh") + tail + chars("q") + [E]
     assert items[0]["chosen_start"] == items[0]["rejected_start"] == 11
     assert (stats["truncated_prompt"], stats["truncated_response"]) == (1, 0)
 
-    items, stats = data.tokenize_pairs(pairs, CharTokenizer(), max_len=8)  # whole prompt text, then chosen's EOT
+    items, stats = tokenization.tokenize_pairs(pairs, CharTokenizer(), max_len=8)  # whole prompt text, then chosen's EOT
     assert items[0]["chosen_ids"] == head + tail + chars("xyz") and items[0]["chosen_start"] == 5
     assert items[0]["rejected_ids"] == head + tail + chars("q") + [E]
     assert (stats["truncated_prompt"], stats["truncated_response"], stats["longest"]) == (1, 1, 8)
 
-    items, stats = data.tokenize_pairs(pairs + pairs[:1], CharTokenizer(), max_len=5)  # no room for any response
+    items, stats = tokenization.tokenize_pairs(pairs + pairs[:1], CharTokenizer(), max_len=5)  # no room for any response
     assert items == [] and stats["dropped_empty_response"] == 2 and stats["items"] == 0
 
     pairs2 = [{"prompt": "p", "chosen": "long answer", "rejected": "no"}, {"prompt": "abcdef", "chosen": "c", "rejected": "r"}]
-    items, stats = data.tokenize_pairs(pairs2, CharTokenizer(), max_len=9)
+    items, stats = tokenization.tokenize_pairs(pairs2, CharTokenizer(), max_len=9)
     # pair 0: 6 + 12 is 9 over: the prompt text "p" goes first (even though the response is the long part),
     # then the chosen response is cut to the 4 tokens left; rejected "no" + EOT fits.
     # pair 1: 11 + 2 is 4 over: drop "abcd"
@@ -486,7 +488,7 @@ def test_tokenize_keeps_template_with_a_real_bpe():
     head = tok.encode("<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n").ids
     tail = tok.encode("<|im_end|>\n<|im_start|>assistant\n").ids
     prompt = "the quick brown fox jumps over the lazy dog " * 3
-    items, stats = data.tokenize_pairs([{"prompt": prompt, "chosen": "a brick", "rejected": "a dog"}], chat, max_len=40)
+    items, stats = tokenization.tokenize_pairs([{"prompt": prompt, "chosen": "a brick", "rejected": "a dog"}], chat, max_len=40)
     ids, start = items[0]["chosen_ids"], items[0]["chosen_start"]
     assert start == items[0]["rejected_start"] and ids[:start] == items[0]["rejected_ids"][:start]  # one cut for both
     assert max(len(ids), len(items[0]["rejected_ids"])) == 40  # the longer side fills max_len exactly
@@ -511,9 +513,19 @@ def test_collate_by_hand():
         data.collate([], pad_id=0)
 
 
+def test_pad_batch_without_responses_and_common_prefix_by_hand():
+    ids, att, resp = data.pad_batch([[7, 8, 9], [4]], pad_id=2)
+    assert ids.tolist() == [[7, 8, 9], [4, 2, 2]] and att.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert resp.tolist() == [[0, 0, 0], [0, 0, 0]] and ids.dtype == att.dtype == resp.dtype == torch.long
+    assert tokenization.common_prefix_len([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert tokenization.common_prefix_len([[1, 2], [1, 2, 3]]) == 2  # one sequence is a prefix of the other
+    assert tokenization.common_prefix_len([[1, 2], [3, 2]]) == tokenization.common_prefix_len([[], [1]]) == 0
+    assert tokenization.common_prefix_len([[5, 6, 7]]) == 3
+
+
 def test_tokenize_then_collate_masks_cover_response_and_eot():
     pairs = [{"prompt": "ab", "chosen": "xy", "rejected": "z"}, {"prompt": "c", "chosen": "w", "rejected": "vvv"}]
-    items, _ = data.tokenize_pairs(pairs, CharTokenizer(), max_len=64)
+    items, _ = tokenization.tokenize_pairs(pairs, CharTokenizer(), max_len=64)
     batch = data.collate(items, pad_id=99)
     ids, att, resp = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
     response_texts = ["xy", "w", "z", "vvv"]  # chosen rows first, then rejected
@@ -554,11 +566,10 @@ def test_sample_file():
     assert train and val and not {p["prompt"] for p in train} & {p["prompt"] for p in val}
 
 
-@pytest.mark.skipif(not os.path.exists(SHARED_DATA), reason=f"real ratings not found at {SHARED_DATA}")
 def test_real_ratings():
-    rows, report = data.read_rows(SHARED_DATA)
+    rows, report = data.read_rows(SHARED_DATA)  # gzipped: read_rows decompresses it
     assert (report.kind, report.read, report.n_skipped, report.blank) == ("rating", 29007, 0, 0)
-    raw = [json.loads(line) for line in open(SHARED_DATA, encoding="utf-8")]
+    raw = [json.loads(line) for line in gzip.open(SHARED_DATA, "rt", encoding="utf-8")]
     unique = {(r["prompt"].strip(), r["response"].strip()) for r in raw}
     assert report.kept == len(rows) == len(unique) and report.duplicates_merged == 29007 - len(unique)
     assert accounted(report) and report.prompts == len({r["prompt"] for r in raw}) == 44

@@ -10,7 +10,8 @@ import torch
 
 import data
 import eval as evaluation
-import model as modeling
+import checkpoint
+import encoder as sentence_encoder
 from fakes import ByteTokenizer, tiny_model
 import measures
 import score
@@ -222,8 +223,8 @@ def fake_models(monkeypatch):
             scorer_models.append(kw["model"])
         return real_score_groups(groups, dims, **kw)
 
-    monkeypatch.setattr(modeling, "load", load)
-    monkeypatch.setattr(modeling, "load_encoder", lambda path=None, **kw: FakeEncoder(dim=8))
+    monkeypatch.setattr(checkpoint, "load", load)
+    monkeypatch.setattr(sentence_encoder, "load_encoder", lambda path=None, **kw: FakeEncoder(dim=8))
     monkeypatch.setattr(score, "score_groups", score_groups)
     return loads, scorer_models, models
 

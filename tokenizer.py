@@ -1,0 +1,230 @@
+"""Tokenizers: the `tokenizers` BPE of a checkpoint plus its chat format (ChatML, Llama-3, Mistral).
+
+    tok.encode(text) -> ids;  tok.decode(ids) -> text
+    tok.chat(prompt, response=None) -> (ids, response_start)    the prompt as a user turn, the response after
+
+Built from an HF folder's tokenizer.json / tokenizer_config.json (hf_tokenizer) or from GGUF metadata
+(gguf_tokenizer); the chat format is detected from the chat template (or, failing that, the vocabulary).
+tokenize_pairs turns (prompt, chosen, rejected) pairs into chat-formatted token ids, truncated to max_len.
+"""
+import functools
+import json
+import os
+import re
+
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+from tqdm import tqdm
+
+from model import ModelError
+
+
+class Tokenizer:
+    """tokenizers' BPE plus the chat format of the checkpoint: chatml (SmolLM2, Qwen), llama3 or mistral."""
+
+    def __init__(self, tok, *, chat_format, bos=None, eos=None, pad=None, eot=None, system=None,
+                 chat_template=None, name="tokenizer"):
+        self.tok, self.chat_format, self.default_system, self.name = tok, chat_format, system, name
+        self.chat_template = chat_template
+        ids = lambda t: None if t is None else tok.token_to_id(t)  # noqa: E731
+        self.bos_token, self.eos_token = bos, eos
+        self.bos_id, self.eos_id = ids(bos), ids(eos)
+        self.eot_token = eot or eos
+        self.eot_id = ids(self.eot_token)
+        self.pad_token = pad or eos
+        self.pad_id = ids(self.pad_token)
+        self.stop_ids = {i for i in (self.eos_id, self.eot_id) if i is not None}
+
+    def encode(self, text):
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids):
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def chat(self, prompt, response=None, system=None):
+        """(ids, response_start): the prompt as a user turn, then the assistant turn's header; with a response,
+        its tokens and the end-of-turn token. response_start indexes the first response token."""
+        system = system if system is not None else self.default_system
+        if self.chat_format == "chatml":
+            sys_turn = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+            head = f"{sys_turn}<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+        elif self.chat_format == "llama3":
+            sys_turn = f"<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>" if system else ""
+            head = (f"{self.bos_token}{sys_turn}<|start_header_id|>user<|end_header_id|>\n\n{prompt.strip()}<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+        elif self.chat_format == "mistral":
+            head = f"{self.bos_token}[INST] {(system + chr(10) * 2) if system else ''}{prompt.strip()} [/INST]"
+        else:
+            raise ModelError(f"unknown chat format {self.chat_format!r}")
+        ids = self.encode(head)
+        start = len(ids)
+        if response is not None:
+            ids = ids + self.encode(response) + [self.eot_id]
+        return ids, start
+
+
+def detect_chat_format(template, vocab):
+    """Which of the three chat formats the checkpoint uses, from its chat template or, failing that, its vocab."""
+    text = template or ""
+    if "<|im_start|>" in text or (not text and "<|im_start|>" in vocab):
+        return "chatml"
+    if "<|start_header_id|>" in text or (not text and "<|start_header_id|>" in vocab):
+        return "llama3"
+    if "[INST]" in text or not text:
+        return "mistral"
+    return "chatml"
+
+
+def default_system_prompt(template):
+    """The system turn a ChatML template inserts when the conversation has none (SmolLM2, Qwen2)."""
+    m = re.search(r"<\|im_start\|>system(?:\\n|\n)(.*?)<\|im_end\|>", template or "")
+    return m.group(1) if m else None
+
+
+def make_tokenizer(tok, template, specials, name):
+    """A Tokenizer from a `tokenizers` object, the checkpoint's chat template (or None) and its special tokens
+    {"bos", "eos", "pad"} (token strings or None); the end-of-turn token follows from the chat format."""
+    vocab = tok.get_vocab()
+    fmt = detect_chat_format(template, vocab)
+    eot = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "mistral": specials.get("eos")}[fmt]
+    return Tokenizer(tok, chat_format=fmt, bos=specials.get("bos"), eos=specials.get("eos"), pad=specials.get("pad"),
+                     eot=eot if eot in vocab else None, system=default_system_prompt(template) if fmt == "chatml" else None,
+                     chat_template=template, name=name)
+
+
+# Pre-tokenizer splits (regexes of the original tokenizers) for the GGUF `tokenizer.ggml.pre` values we know.
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+GGUF_SPLITS = {"llama3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}
+
+
+def gguf_tokenizer(meta, path):
+    """Byte-level BPE from GGUF metadata (tokens, merges, token types, special ids)."""
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        raise ModelError(f"{path}: tokenizer {meta.get('tokenizer.ggml.model')!r} is not supported "
+                         "(supported: byte-level BPE, tokenizer.ggml.model = gpt2)")
+    tokens = meta["tokenizer.ggml.tokens"]
+    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+    tok = HFTokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges, fuse_unk=False))
+    split = GGUF_SPLITS.get(meta.get("tokenizer.ggml.pre"))
+    if split:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    types = meta.get("tokenizer.ggml.token_type", [])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == 3])
+    name = lambda key: tokens[meta[key]] if key in meta else None  # noqa: E731
+    specials = {"bos": name("tokenizer.ggml.bos_token_id"), "eos": name("tokenizer.ggml.eos_token_id"),
+                "pad": name("tokenizer.ggml.padding_token_id")}
+    return make_tokenizer(tok, meta.get("tokenizer.chat_template"), specials, os.path.basename(path))
+
+
+def hf_tokenizer(path, config):
+    """The tokenizer of an HF folder: tokenizer.json, special tokens from tokenizer_config.json (else the
+    eos id of config.json, the parsed config), the chat template from tokenizer_config.json or chat_template.jinja."""
+    tok_path = os.path.join(path, "tokenizer.json")
+    if not os.path.exists(tok_path):
+        raise ModelError(f"{path}: no tokenizer.json")
+    tok = HFTokenizer.from_file(tok_path)
+    tok_cfg = {}
+    if os.path.exists(os.path.join(path, "tokenizer_config.json")):
+        with open(os.path.join(path, "tokenizer_config.json")) as f:
+            tok_cfg = json.load(f)
+    template = tok_cfg.get("chat_template")
+    if template is None and os.path.exists(os.path.join(path, "chat_template.jinja")):
+        with open(os.path.join(path, "chat_template.jinja")) as f:
+            template = f.read()
+    token = lambda v: v.get("content") if isinstance(v, dict) else v  # noqa: E731
+    eos = token(tok_cfg.get("eos_token"))
+    if eos is None and config.get("eos_token_id") is not None:
+        eos_id = config["eos_token_id"]
+        eos = tok.id_to_token(eos_id[0] if isinstance(eos_id, list) else eos_id)
+    specials = {"bos": token(tok_cfg.get("bos_token")), "eos": eos, "pad": token(tok_cfg.get("pad_token"))}
+    return make_tokenizer(tok, template, specials, os.path.basename(os.path.normpath(path)))
+
+
+# ----------------------------------------------------------------------------- pairs -> token ids
+
+def common_prefix_len(seqs):
+    """Length of the longest prefix all the sequences share (0 when they differ at the first token)."""
+    n, shortest = 0, min(len(s) for s in seqs)
+    while n < shortest and all(s[n] == seqs[0][n] for s in seqs):
+        n += 1
+    return n
+
+
+def _truncate(prompt_ids, keep_head, keep_tail, responses, max_len):
+    """Fit prompt + each response into max_len: first drop prompt-text tokens from the left (the chat
+    template's first keep_head and last keep_tail tokens, e.g. the assistant header, stay), then cut each
+    response on the right. The prompt is cut once for all responses so they share the same context."""
+    over = len(prompt_ids) + max(len(r) for r in responses) - max_len
+    cut = max(0, min(over, len(prompt_ids) - keep_head - keep_tail))  # 0 when everything fits
+    prompt_ids = prompt_ids[:keep_head] + prompt_ids[keep_head + cut:]
+    room = max(0, max_len - len(prompt_ids))
+    return prompt_ids, [r[:room] for r in responses], cut > 0
+
+
+def tokenize_pairs(pairs, tokenizer, max_len=512):
+    """Tokenize pairs through tokenizer.chat(prompt, response) -> (items, stats).
+
+    Each item: {"chosen_ids", "chosen_start", "rejected_ids", "rejected_start", "index"} where ids is the
+    chat-template prompt + response + end-of-turn, start the index of the first response token, and index
+    the pair's position in `pairs`. Sequences longer than max_len are truncated from the prompt text's left
+    (template head and assistant header kept; the same cut for both sides), then the response's right.
+    A pair whose chosen or rejected response is left empty is dropped. stats counts all of it.
+    """
+    if max_len < 2:
+        raise ValueError(f"max_len must be >= 2, got {max_len}")
+    # Where the prompt text sits inside the template: the tokens shared with the empty prompt's template.
+    try:
+        empty_ids, empty_start = tokenizer.chat("")
+        empty_prompt = list(empty_ids[:empty_start])
+    except Exception:  # a template that refuses empty prompts: fall back to cutting from the very left
+        empty_prompt = []
+
+    @functools.cache  # a response paired several times is tokenized once
+    def chat(prompt, response):
+        ids, start = tokenizer.chat(prompt, response)
+        return list(ids[:start]), list(ids[start:])
+
+    stats = {"pairs": len(pairs), "items": 0, "truncated_prompt": 0, "truncated_response": 0,
+             "dropped_empty_response": 0, "tokens": 0, "response_tokens": 0, "longest": 0, "max_len": max_len}
+    items = []
+    for index, p in enumerate(tqdm(pairs, desc="tokenizing", unit="pair", disable=len(pairs) < 2000, leave=False)):
+        prompt_c, resp_c = chat(p["prompt"], p["chosen"])
+        prompt_r, resp_r = chat(p["prompt"], p["rejected"])
+        # one shared prompt: always, for a tokenizer whose chat() renders the prompt independently
+        groups = [(prompt_c, [resp_c, resp_r])] if prompt_c == prompt_r else [(prompt_c, [resp_c]), (prompt_r, [resp_r])]
+        out = []
+        for prompt_ids, responses in groups:
+            head = common_prefix_len([prompt_ids, empty_prompt])
+            tail = common_prefix_len([prompt_ids[head:][::-1], empty_prompt[head:][::-1]])
+            new_prompt, new_responses, prompt_cut = _truncate(prompt_ids, head, tail, responses, max_len)
+            stats["truncated_prompt"] += prompt_cut
+            for old, new in zip(responses, new_responses):
+                stats["truncated_response"] += len(new) < len(old)
+                out.append((new_prompt, new))
+        if any(len(r) == 0 for _, r in out):
+            stats["dropped_empty_response"] += 1
+            continue
+        (pc, rc), (pr, rr) = out
+        item = {"chosen_ids": pc + rc, "chosen_start": len(pc), "rejected_ids": pr + rr, "rejected_start": len(pr),
+                "index": index}
+        items.append(item)
+        stats["tokens"] += len(item["chosen_ids"]) + len(item["rejected_ids"])
+        stats["response_tokens"] += len(rc) + len(rr)
+        stats["longest"] = max(stats["longest"], len(item["chosen_ids"]), len(item["rejected_ids"]))
+    stats["items"] = len(items)
+    return items, stats
+
+
+def tokens_summary(stats):
+    return (f"{stats['items']:,} of {stats['pairs']:,} pairs tokenized: {stats['tokens']:,} tokens "
+            f"({stats['response_tokens']:,} response tokens), longest sequence {stats['longest']:,} "
+            f"(max_len {stats['max_len']:,}); truncated: {stats['truncated_prompt']:,} prompts, "
+            f"{stats['truncated_response']:,} responses; {stats['dropped_empty_response']:,} pairs dropped "
+            f"(response empty after truncation)")
