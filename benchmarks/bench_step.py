@@ -1,7 +1,9 @@
-"""Benchmark one CrPO training step at Llama-3.1-8B shape, from random weights.
+"""Benchmark one CrPO training step at Llama-3.1-8B shape (or a short-answer shape), from random weights.
 
-    python benchmarks/bench_step.py            # CUDA: Llama-3.1-8B shape, bf16, LoRA r=128 on all linear layers,
+    python benchmarks/bench_step.py            # CUDA: Llama-3.1-8B shape, LoRA r=128 on all linear layers,
                                                # gradient checkpointing, 8 pairs x 512 tokens a side
+    python benchmarks/bench_step.py --pairs 64 --seq-len 64 --prompt-len 40   # the real workload: short answers
+    python benchmarks/bench_step.py --profile  # + CUDA kernel time of our step by kind (matmul, attention, other)
     python benchmarks/bench_step.py --small    # tiny config on CPU (smoke test)
 
 One step = reference forward (the base model with LoRA switched off, no grad) + policy forward and
@@ -9,10 +11,18 @@ backward over chosen and rejected (one batch of 2 x pairs sequences) + the CrPO 
 LoRA parameters. Each sequence is a prompt of --prompt-len tokens and a response filling the rest;
 only response tokens count in the log-probabilities.
 
-Rows: ours (model.py's Transformer + model.add_lora + model.sequence_logps, i.e. kernels.linear_logprobs on
-the response positions only) and transformers + peft when importable (full logits, log_softmax in
-float32, gather: what DPO trainers do). Columns: median ms per step, peak GiB allocated (weights
-included), tokens/s (all tokens of the step's sequences), and the loss (finite: the step really ran).
+Rows:
+- ours: crpo.py's own step, `crpo.train_step` on a run set up by `crpo.prepare` (what `python crpo.py` runs:
+  on CUDA a bf16 base with float32 LoRA adapters under bf16 autocast; batches collated from token ids each
+  step), with the fused block kernels on CUDA;
+- ours, blocks under torch.compile: the same with each transformer block compiled (PyTorch block path);
+- transformers + peft: full logits, log_softmax in float32, gather (what DPO trainers do);
+- transformers + peft + Liger: Liger's RMSNorm, RoPE and SwiGLU kernels patched into Llama and its fused
+  linear DPO loss on the final hidden states (reference hidden states with the adapter off), as TRL runs
+  with Liger; skipped when liger_kernel is not importable.
+--no-checkpointing turns gradient checkpointing off in every row. Columns: median ms per step, peak GiB
+allocated (weights included), tokens/s (all tokens of the step's sequences), and the loss (finite: the
+step really ran).
 """
 import argparse
 import datetime
@@ -27,8 +37,11 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 import crpo  # noqa: E402
 import model as modeling  # noqa: E402
+import pairs  # noqa: E402
 
 GIB = 2**30
 LORA_TARGETS = modeling.LORA_TARGETS
@@ -56,25 +69,47 @@ def init_random_(module, seed):
             p.fill_(1.0)
 
 
-def build_ours(cfg, args, device, dtype):
-    torch.set_default_dtype(dtype)
+def ours_run(cfg, args, device, compile_blocks=False):
+    """A crpo.Run over one synthetic split, set up by crpo.prepare exactly as the CLI does."""
+    flags = ["--data", "synthetic", "--lora-rank", str(args.rank), "--lora-alpha", str(args.alpha), "--batch-size",
+             str(args.pairs), "--device", device.type, "--lambda-novelty", "1", "--lambda-diversity", "1",
+             "--lambda-surprise", "1"] + (["--grad-checkpointing"] if args.checkpointing else [])
+    if args.dtype == "fp32":
+        flags += ["--dtype", "float32"]
+    run_args = crpo.parse_args(flags)
+    torch.set_default_dtype(crpo.weights_dtype(run_args, device))
     try:
         with torch.device(device):
             m = modeling.Transformer(modeling.Config(**cfg))
     finally:
         torch.set_default_dtype(torch.float32)
     init_random_(m, 0)
-    trainable = modeling.add_lora(m, rank=args.rank, alpha=args.alpha, targets=LORA_TARGETS)
-    m.gradient_checkpointing = args.checkpointing
-    m.train()
+    ids, _, _ = make_batch(cfg, args, device)
+    ids = ids.cpu().tolist()
+    items = [{"chosen_ids": ids[i], "chosen_start": args.prompt_len, "rejected_ids": ids[args.pairs + i],
+              "rejected_start": args.prompt_len} for i in range(args.pairs)]
+    gen = torch.Generator().manual_seed(2)
+    scores = {side: {k: torch.rand(args.pairs, generator=gen) for k in ("novelty", "diversity", "surprise")}
+              for side in ("chosen", "rejected")}
+    splits = {"train": pairs.Split([{}] * args.pairs, items, scores), "val": pairs.Split([], [], scores)}
+    lambdas = {"novelty": 1.0, "diversity": 1.0, "surprise": 1.0}
+    run = crpo.Run(run_args, device, 0, 1, m, None, splits, lambdas)
+    run.tokenizer = type("PadOnly", (), {"pad_id": 0, "eos_id": 0})()
+    crpo.prepare(run, None, log=lambda *a: None)
+    if compile_blocks:
+        for layer in m.layers:
+            layer.compile()
+    return run
 
-    def policy_and_reference(batch):
-        ids, mask, resp = batch
-        with torch.no_grad(), modeling.lora_disabled(m):
-            ref = modeling.sequence_logps(m, ids, mask, resp)[0]
-        pol = modeling.sequence_logps(m, ids, mask, resp)[0]
-        return pol, ref
-    return m, trainable, policy_and_reference
+
+def build_ours(cfg, args, device, dtype, compile_blocks=False):
+    run = ours_run(cfg, args, device, compile_blocks)
+    every = np.arange(args.pairs)
+
+    def step():
+        sums, _ = crpo.train_step(run, every)
+        return torch.tensor(sums["loss"] / sums["pairs"])
+    return run.policy, step
 
 
 def build_hf(cfg, args, device, dtype):
@@ -95,7 +130,8 @@ def build_hf(cfg, args, device, dtype):
         torch.set_default_dtype(torch.float32)
     init_random_(m, 0)
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 renames checkpointing calls
-    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.checkpointing:
+        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     m = get_peft_model(m, LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0,
                                      target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"))
     m.train()
@@ -111,7 +147,52 @@ def build_hf(cfg, args, device, dtype):
         with torch.no_grad(), m.disable_adapter():
             ref = seq_logps(ids, mask, resp)
         return seq_logps(ids, mask, resp), ref
-    return m, trainable, policy_and_reference
+    return m, trainable_step(m, trainable, policy_and_reference, args, device, cfg)
+
+
+def build_liger(cfg, args, device, dtype):
+    """transformers + peft with Liger's kernels patched in and its fused linear DPO loss on the hidden states."""
+    from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+    apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=False)
+    m, _ = build_hf(cfg, args, device, dtype)
+    trainable = [p for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-5)
+    loss_fn = LigerFusedLinearDPOLoss(beta=0.1, use_ref_model=True)
+    ids, mask, resp = make_batch(cfg, args, device)
+    target = ids[:, 1:].masked_fill(resp[:, 1:] == 0, -100)
+    body, head = m.base_model.model.model, m.base_model.model.lm_head
+
+    def step():
+        with torch.no_grad(), m.disable_adapter():
+            ref_hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+        out = loss_fn(head.weight, hidden, target, ref_input=ref_hidden, ref_weight=head.weight)
+        loss = out[0] if isinstance(out, tuple) else out
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+    return m, step
+
+
+def trainable_step(m, trainable, policy_and_reference, args, device, cfg):
+    """One step of the transformers rows: policy and reference log-probs, crpo_loss, AdamW."""
+    opt = torch.optim.AdamW(trainable, lr=1e-5)
+    batch = make_batch(cfg, args, device)
+    weights = torch.rand(args.pairs, generator=torch.Generator().manual_seed(2)).to(device)
+
+    def step():
+        pol, ref = policy_and_reference(batch)
+        loss, _ = crpo.crpo_loss(pol[:args.pairs], pol[args.pairs:], ref[:args.pairs], ref[args.pairs:],
+                                 beta=0.1, weights=weights)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+    return step
 
 
 def make_batch(cfg, args, device):
@@ -124,25 +205,29 @@ def make_batch(cfg, args, device):
     return ids.to(device), mask.to(device), resp.to(device)
 
 
-def bench(name, build, cfg, args, device, dtype):
+def kernel_time_by_kind(step, device):
+    """{kind: CUDA ms} of one profiled step: matrix products, attention, everything else (elementwise, copies)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        sync(device)
+    kinds = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+        name = e.key.lower()
+        kind = ("attention" if any(k in name for k in ("flash", "fmha", "attention", "attn")) else
+                "matmul" if any(k in name for k in ("gemm", "matmul", "cutlass", "nvjet", "sm90_xmma", "cublas")) else
+                "other")
+        kinds[kind] += us / 1e3
+    return kinds
+
+
+def bench(name, build, cfg, args, device, dtype, profile=False):
     try:
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        m, trainable, policy_and_reference = build(cfg, args, device, dtype)
-        opt = torch.optim.AdamW(trainable, lr=1e-5)
-        batch = make_batch(cfg, args, device)
-        weights = torch.rand(args.pairs, generator=torch.Generator().manual_seed(2)).to(device)
-
-        def step():
-            pol, ref = policy_and_reference(batch)
-            loss, _ = crpo.crpo_loss(pol[:args.pairs], pol[args.pairs:], ref[:args.pairs], ref[args.pairs:],
-                                     beta=0.1, weights=weights)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.detach()
-
+        m, step = build(cfg, args, device, dtype)
         for _ in range(args.warmup):
             step()
         sync(device)
@@ -159,7 +244,12 @@ def bench(name, build, cfg, args, device, dtype):
         tokens = 2 * args.pairs * args.seq_len
         print(f"| {name} | {ms:.1f} | {'-' if peak is None else f'{peak:.2f}'} | {tokens / ms * 1e3:,.0f} | "
               f"{loss.item():.4f} |", flush=True)
-        del m, trainable, opt, policy_and_reference
+        if profile and device.type == "cuda":
+            kinds = kernel_time_by_kind(step, device)
+            total = sum(kinds.values())
+            print(f"|   CUDA kernel time of one step: {total:.1f} ms = " + ", ".join(
+                f"{k} {v:.1f} ms ({v / total:.0%})" for k, v in kinds.items()) + " | | | |", flush=True)
+        del m, step
     except ImportError as e:
         print(f"| {name} | not importable: {e} | | | |", flush=True)
     except Exception as e:  # an anchor's failure is a row, not the end of the benchmark
@@ -179,7 +269,8 @@ def main(argv=None):
     p.add_argument("--alpha", type=float)
     p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--which", choices=["all", "ours", "hf"], default="all")
+    p.add_argument("--which", choices=["all", "ours", "compiled", "hf", "liger"], default="all")
+    p.add_argument("--profile", action="store_true", help="CUDA kernel time of our step by kind")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default=None)
@@ -202,9 +293,14 @@ def main(argv=None):
     print("| variant | median ms / step | peak GiB | tokens/s | loss |")
     print("|---|---:|---:|---:|---:|")
     if args.which in ("all", "ours"):
-        bench("ours (model.py + kernels.linear_logprobs)", build_ours, cfg, args, device, dtype)
+        bench("ours (crpo.train_step)", build_ours, cfg, args, device, dtype, profile=args.profile)
+    if args.which in ("all", "compiled") and device.type == "cuda":
+        bench("ours, blocks under torch.compile", lambda *a: build_ours(*a, compile_blocks=True), cfg, args, device,
+              dtype)
     if args.which in ("all", "hf"):
         bench("transformers + peft", build_hf, cfg, args, device, dtype)
+    if args.which in ("all", "liger") and device.type == "cuda":
+        bench("transformers + peft + Liger (kernels, fused linear DPO loss)", build_liger, cfg, args, device, dtype)
 
 
 if __name__ == "__main__":

@@ -31,16 +31,18 @@ git log -1 --format='commit %h %s' 2>/dev/null
 
 step 90 "CUDA correctness: kernels vs float64, fused model vs PyTorch path" \
     $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kernels_block.py -k cuda -rs
-step 150 "CrPO step, 8B shape, 8 pairs x 512 (ours, transformers+peft)" \
-    $PY benchmarks/bench_step.py --reps 3 $SMALL_FLAG
+# Liger-Kernel is not on the GPU machine: its wheel travels in the ignored .cache/bench_deps (run with carry)
+if ls .cache/bench_deps/*.whl >/dev/null 2>&1; then $PY -m pip install -q --no-deps --no-index .cache/bench_deps/*.whl; fi
+step 220 "CrPO step, 8B shape, 8 pairs x 512: ours (crpo.train_step, profiled), ours with compiled blocks, transformers+peft, + Liger" \
+    $PY benchmarks/bench_step.py --reps 3 --profile $SMALL_FLAG
 step 60 "same, ours with the block ops on the PyTorch path (KERNELS_BLOCK_PATH=torch): the baseline of the kernels" \
     env KERNELS_BLOCK_PATH=torch $PY benchmarks/bench_step.py --which ours --reps 3 $SMALL_FLAG
-step 150 "block ops and one 8B block: eager vs torch.compile vs Triton; checkpoint policies" \
+step 90 "block ops and one 8B block: eager vs torch.compile vs Triton; checkpoint policies" \
     $PY benchmarks/bench_block.py --min-run-time 0.3 $SMALL_FLAG
 step 60 "log-probs (SPEC shapes), chunk and kept-logits budgets (compile anchors skipped: in SPEC section 8)" \
     $PY benchmarks/bench_logprobs.py --reps 10 --no-compile --budget-sweep $SMALL_FLAG
-step 50 "CrPO step, 8B shape, short answers: 64 pairs x 64 tokens (40 prompt), ours" \
-    $PY benchmarks/bench_step.py --which ours --pairs 64 --seq-len 64 --prompt-len 40 --reps 3 $SMALL_FLAG
+step 60 "CrPO step, 8B shape, short answers: 64 pairs x 64 tokens (40 prompt), ours (profiled)" \
+    $PY benchmarks/bench_step.py --which ours --profile --pairs 64 --seq-len 64 --prompt-len 40 --reps 3 $SMALL_FLAG
 echo
 echo "=== done ($(date -u +%H:%M:%S) UTC), status $status; log: $LOG"
 exit $status
