@@ -25,18 +25,22 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cache  # noqa: E402
 import data  # noqa: E402
 import checkpoint  # noqa: E402
 import encoder as sentence_encoder  # noqa: E402
+import measures  # noqa: E402
 import score  # noqa: E402
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "dt_ratings.jsonl.gz")
 TASKS = ("Alternate Uses", "Instances", "Consequences", "Sentence Completion")
 SCORERS = [  # (column, dim, score_groups options)
     ("novelty dsi", "novelty", {"novelty": "dsi"}),
+    ("novelty dsi-neutral", "novelty", {"novelty": "dsi-neutral"}),
     ("novelty centroid", "novelty", {"novelty": "centroid"}),
     ("diversity", "diversity", {}),
     ("surprise lm", "surprise", {"surprise": "lm"}),
+    ("surprise nll", "surprise", {"surprise": "nll"}),
     ("surprise embedding", "surprise", {"surprise": "embedding"}),
     ("quality judge", "quality", {"quality": "judge"}),
 ]
@@ -142,7 +146,7 @@ def naive_tokens(tok, groups):
 
 def merge_cache(src_dir, dst_dir):
     """Copy every cached value of src_dir's store into dst_dir's (what the cold run computed is reused)."""
-    score.Cache(dst_dir)  # creates the table
+    cache.Cache(dst_dir)  # creates the table
     db = sqlite3.connect(os.path.join(dst_dir, "scores.sqlite"), timeout=60)
     db.execute("ATTACH DATABASE ? AS src", (os.path.join(src_dir, "scores.sqlite"),))
     db.execute("INSERT OR IGNORE INTO cache SELECT key, value FROM src.cache")
@@ -165,10 +169,10 @@ def speed(groups, n, lm, tok, encoder, cache_dir, batch_size):
     try:
         kw = dict(model=lm, tokenizer=tok, encoder=encoder, cache_dir=tmp, batch_size=batch_size)
         t = time.perf_counter()
-        _, cold = score.score_groups(subset, score.DIMS, **kw)
+        _, cold = score.score_groups(subset, score.paper_dims(), **kw)
         cold_s = time.perf_counter() - t
         t = time.perf_counter()
-        _, warm = score.score_groups(subset, score.DIMS, show_progress=False, **kw)
+        _, warm = score.score_groups(subset, score.paper_dims(), show_progress=False, **kw)
         warm_s = time.perf_counter() - t
         merge_cache(tmp, cache_dir)
     finally:
@@ -200,16 +204,14 @@ def validity(groups, lm, tok, encoder, cache_dir, batch_size):
     normalised = {name: [] for name, _, _ in SCORERS}
     kw = dict(model=lm, tokenizer=tok, encoder=encoder, cache_dir=cache_dir, batch_size=batch_size)
     t = time.perf_counter()
-    default, _ = score.score_groups(groups, score.DIMS, **kw)  # dsi, diversity, lm, judge (the slow ones)
-    other, _ = score.score_groups(groups, ["novelty", "surprise"], novelty="centroid", surprise="embedding", **kw)
-    seconds = time.perf_counter() - t
-    for name, dim, opts in SCORERS:
-        results = other if opts.get("novelty") == "centroid" or opts.get("surprise") == "embedding" else default
+    for name, dim, opts in SCORERS:  # the expensive values (embeddings, perplexities, judge) are cached: once each
+        results, _ = score.score_groups(groups, [dim], **kw, **opts)
         values[name] = [res[f"{dim}_raw"] for res in results]
         normalised[name] = [res[dim] for res in results]
+    seconds = time.perf_counter() - t
     for name, fn in (("length (chars)", len), ("length (words)", lambda t: len(t.split()))):
         values[name] = [np.array([fn(r) for r in g["responses"]], dtype=np.float64) for g in groups]
-        normalised[name] = [score.minmax(v) for v in values[name]]
+        normalised[name] = [measures.minmax(v) for v in values[name]]
     return values, normalised, seconds
 
 
@@ -295,7 +297,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if not os.path.exists(args.data):
         sys.exit(f"{args.data}: not found (the real ratings ship as data/dt_ratings.jsonl.gz)")
-    cache_dir = args.cache_dir or score.default_cache_dir()
+    cache_dir = args.cache_dir or cache.default_cache_dir()
     t0 = time.perf_counter()
     groups = sample_groups(args.data, args.prompts_per_task, args.max_per_prompt, args.seed)
     for t in TASKS:

@@ -303,3 +303,16 @@ def test_preference_rows_novelty_among_generations(tmp_path, fake_models):
     assert list(got["models"]["a"]["generations"]) == ["p1", "p2"]
     assert got["config"]["novelty_reference"].startswith("the generations")
     assert got["models"]["a"]["pref_accuracy"]["pairs"] == 3  # preference rows are human pairs too
+
+
+def test_distinct_at_extra_thresholds_by_hand(tmp_path):
+    """distinct@t: classes at each extra threshold, on vectors whose cosines are known."""
+    a, b, c = [1.0, 0.0], [math.cos(0.4), math.sin(0.4)], [math.cos(0.8), math.sin(0.8)]  # cos 0.921, 0.921, 0.697
+    enc = FakeEncoder({"a": a, "b": b, "c": c}, dim=2)
+    rows = evaluation.score_generations({"p": ["a", "b", "c"]}, scorer=tiny_model(), tokenizer=ByteTokenizer(),
+                                        encoder=enc, threshold=0.5, extra_thresholds=(0.9, 0.95),
+                                        cache_dir=str(tmp_path / "cache"), show_progress=False)
+    assert rows[0]["distinct"] == pytest.approx(1 / 3)  # all within cos 0.5 of "a"
+    assert rows[0]["distinct@0.9"] == pytest.approx(2 / 3) and rows[0]["distinct@0.95"] == pytest.approx(1.0)
+    dims = evaluation.eval_dims()
+    assert evaluation.metrics(rows)[:len(dims) + 3] == [*dims, "distinct", "distinct@0.9", "distinct@0.95"]
