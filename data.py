@@ -19,6 +19,7 @@ Bad input never crashes with a traceback and never disappears silently: every pr
 Run `python data.py FILE [--min-margin M ...]` to check a file and see the pairs it gives.
 """
 import argparse
+import gzip
 import json
 import math
 import random
@@ -194,6 +195,11 @@ def read_rows(path, *, skip_bad_rows=False):
         raise DataError(f"{path}: is a directory, expected a JSON Lines file") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if data[:2] == b"\x1f\x8b":  # gzip magic: .jsonl.gz is read directly (SPEC section 10)
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable gzip file ({e})") from None
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
