@@ -21,7 +21,9 @@ t = (y - mean_x y) / sd_x y (only the order inside a prompt is asked of the scor
 
     y_hat(r) = w_ridge * z . beta  +  (1 - w_ridge) * (1/M) sum_m MLP_m(z)
     MLP_m(z) = W2 gelu(W1 z + b1) + b2          (trained with dropout and AdamW on squared error)
-    beta     = argmin sum (t - z . beta)^2 + lambda * n * |beta|^2
+    beta     = argmin sum_r w_r (t_r - z_r . beta)^2 + lambda * n * |beta|^2,   w_r = n_x^-1/2
+    (row weights between "every response counts the same" and "every prompt counts the same": the
+    validity metric averages over prompts, and prompts range from 30 to 5,000 responses)
 
 Validity is measured by prompt-grouped cross-validation (no prompt on both sides of a fold): the mean
 per-prompt Spearman correlation with the human rating, and the partial Spearman with length held fixed.
@@ -51,6 +53,7 @@ class Config:
     neighbours: tuple = (1, 3)               # k in nn_{k,m}
     thresholds: tuple = (0.6, 0.7, 0.8, 0.9)  # t in dens_t
     ridge_lambda: float = 0.1
+    prompt_weight_power: float = 0.5         # row weight n_x^-power: between rows equal (0) and prompts equal (1)
     ridge_weight: float = 1.0 / 3.0
     mlp_members: int = 2
     hidden: int = 256
@@ -232,11 +235,11 @@ def make_mlp(dim, config):
                                torch.nn.Dropout(config.dropout), torch.nn.Linear(config.hidden, 1))
 
 
-def train_mlp(Z, t, config, seed):
-    """Squared error, AdamW, one-cycle learning rate, dropout on inputs and hidden units."""
+def train_mlp(Z, t, w, config, seed):
+    """Weighted squared error sum w (MLP(z) - t)^2 / sum w, AdamW, one-cycle learning rate, dropout."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    X, T = torch.tensor(Z, dtype=torch.float32), torch.tensor(t, dtype=torch.float32)
+    X, T, W = (torch.tensor(a, dtype=torch.float32) for a in (Z, t, w))
     net = make_mlp(Z.shape[1], config)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * ((len(X) + config.batch_size - 1) // config.batch_size)
@@ -245,7 +248,7 @@ def train_mlp(Z, t, config, seed):
         perm = torch.randperm(len(X), generator=gen)
         for s in range(0, len(X), config.batch_size):
             b = perm[s:s + config.batch_size]
-            loss = ((net(X[b]).squeeze(-1) - T[b]) ** 2).mean()
+            loss = (W[b] * (net(X[b]).squeeze(-1) - T[b]) ** 2).sum() / W[b].sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -253,14 +256,19 @@ def train_mlp(Z, t, config, seed):
     return net.eval()
 
 
-def fit_head(F, t, config):
-    """Feature scaling, ridge beta (closed form, float64) and the MLP members -> dict of float32 tensors."""
-    mu, sigma = F.mean(0), F.std(0) + 1e-8
+def fit_head(F, t, w, config):
+    """Weighted feature scaling (mu, sigma), weighted ridge beta (closed form, float64) and the MLP members
+    -> dict of float32 tensors. w: row weights (mean 1)."""
+    w = w / w.mean()
+    mu = w @ F / w.sum()
+    sigma = np.sqrt(w @ (F - mu) ** 2 / w.sum()) + 1e-8
     Z = (F - mu) / sigma
-    beta = np.linalg.solve(Z.T @ Z + config.ridge_lambda * len(Z) * np.eye(Z.shape[1]), Z.T @ (t - t.mean()))
-    weights = {"mu": mu, "sigma": sigma, "ridge.beta": beta, "ridge.bias": np.array([t.mean()])}
+    t_mean = float(w @ t / w.sum())
+    Zw = Z * w[:, None]
+    beta = np.linalg.solve(Zw.T @ Z + config.ridge_lambda * len(Z) * np.eye(Z.shape[1]), Zw.T @ (t - t_mean))
+    weights = {"mu": mu, "sigma": sigma, "ridge.beta": beta, "ridge.bias": np.array([t_mean])}
     for m in range(config.mlp_members):
-        net = train_mlp(Z, t, config, seed=config.seed * 1000 + m)
+        net = train_mlp(Z, t, w, config, seed=config.seed * 1000 + m)
         for name, value in net.state_dict().items():
             weights[f"mlp{m}.{name}"] = value.numpy()
     return {k: torch.tensor(np.asarray(v), dtype=torch.float32) for k, v in weights.items()}
@@ -310,7 +318,8 @@ def featurise(groups, embed, config):
 def fit_features(groups, feats, prompts, config):
     F = np.vstack([feats[p] for p in prompts])
     t = np.concatenate([standardise_within(np.array(groups[p][1]), np.zeros(len(groups[p][1]))) for p in prompts])
-    return fit_head(F, t, config)
+    w = np.concatenate([np.full(len(groups[p][1]), len(groups[p][1]) ** -config.prompt_weight_power) for p in prompts])
+    return fit_head(F, t, w, config)
 
 
 def fit(rows, embed, config=Config(), feats=None):
@@ -479,8 +488,9 @@ def memo_embed(embed):
     return cached
 
 
-def fit_main(argv=None):
-    """python score.py fit --data RATINGS --out DIR [--folds K] [--seed S] [--encoder PATH]"""
+def main(argv=None):
+    """python score.py fit --data RATINGS --out DIR [--folds K] [--seed S] [--encoder PATH] (score.py's `fit`
+    calls this as originality.fit_main; the encoder and data modules load here only)."""
     ap = argparse.ArgumentParser(prog="score.py fit", description="Fit the originality scorer on rating rows: "
                                  "prompt-grouped cross-validation report, then a fit on all prompts written to --out.")
     ap.add_argument("--data", required=True, help="rating rows (JSON Lines, .gz ok): prompt, response, score[, task]")
@@ -526,8 +536,10 @@ def fit_main(argv=None):
     print(f"final fit on {len(groups)} prompts: {time.time() - t1:.0f} s; wrote {args.out}/model.safetensors, card.json")
 
 
+fit_main = main
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "fit":
-        fit_main(sys.argv[2:])
+        main(sys.argv[2:])
     else:
         sys.exit("usage: python originality.py fit --data RATINGS --out DIR [--folds K] [--seed S]")
