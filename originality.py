@@ -336,6 +336,8 @@ def fit(rows, embed, config=Config(), feats=None):
 def predict(model, prompt, responses, group=None, *, embed):
     """Predicted originality (prompt-standardised human rating scale) of each response to prompt, compared
     against group (default: the responses themselves) -> float64 [n]."""
+    if len(responses) == 0:
+        return np.zeros(0)
     F = group_features(embed, prompt, responses, group, model.config)
     return apply_head(model.weights, F, model.config)
 

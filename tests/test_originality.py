@@ -175,3 +175,13 @@ def test_save_load_card_and_deterministic_predictions(tmp_path):
 def test_load_names_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         O.load(tmp_path)
+
+
+def test_predict_edge_groups():
+    rows = synthetic_rows(3, 15, seed=8)
+    m = O.fit(rows, fake_embed, SMALL)
+    assert O.predict(m, "p", [], embed=fake_embed).shape == (0,)
+    one = O.predict(m, "p", ["zest1 plain2"], embed=fake_embed)  # a group of one: no others to compare with
+    assert one.shape == (1,) and np.isfinite(one).all()
+    outside = O.predict(m, "p", ["zest1 zest2 zest3 zest4"], group=["plain1 plain2", "plain3 plain4"], embed=fake_embed)
+    assert np.isfinite(outside).all()
