@@ -335,7 +335,9 @@ def fit(rows, embed, config=Config(), feats=None):
 
 def predict(model, prompt, responses, group=None, *, embed):
     """Predicted originality (prompt-standardised human rating scale) of each response to prompt, compared
-    against group (default: the responses themselves) -> float64 [n]."""
+    against group (default: the responses themselves) -> float64 [n]. The group's own statistics cost
+    O(|G|^2): score all responses of a prompt in one call (with a cached embed, 100 responses against a
+    4,988-answer group took 1.6 s on one core, 0.2 s against 2,000)."""
     if len(responses) == 0:
         return np.zeros(0)
     F = group_features(embed, prompt, responses, group, model.config)
