@@ -11,7 +11,8 @@ a(r) = e(r), c(r) = e(x + " " + r) (the answer read in its prompt's context), d(
     s_u(r; G)  = the group statistics below for the embedding u, each also as its percentile in G
       nn_{k,m}(r) = E_{S subset of G\\r, |S| = m} [ k-th smallest d(u(r), u(r')) over r' in S ]
                     (statistical infrequency: distance to the k-th nearest other answer in a random group
-                    of m answers; an exact expectation over subsets, so 30 and 3,000 answers read alike)
+                    of m answers, m clipped to |G\\r|; an exact expectation over subsets, so 30 and
+                    3,000 answers read alike)
       dens_t(r)   = |{r' in G\\r : cos(u(r), u(r')) > t}| / |G\\r|       (share of near-duplicates)
       mean d(u(r), u(r')) over G\\r,  cos(u(r), mean_G u),  cos(u(r), e(x))
     len(r)     = log(1 + chars), log(1 + words) and their percentiles in G
@@ -344,13 +345,26 @@ def predict(model, prompt, responses, group=None, *, embed):
     return apply_head(model.weights, F, model.config)
 
 
+def json_safe(x):
+    """NaN (an undefined correlation, e.g. a constant prediction) -> null, so the card is strict JSON."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return None if math.isnan(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
 def save(model, out_dir):
     from safetensors.torch import save_file
     os.makedirs(out_dir, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.weights.items()}, os.path.join(out_dir, "model.safetensors"))
     card = dict(model.card, config=asdict(model.config))
     with open(os.path.join(out_dir, "card.json"), "w") as f:
-        json.dump(card, f, indent=1)
+        json.dump(json_safe(card), f, indent=1, allow_nan=False)
 
 
 def load(path):
@@ -518,8 +532,14 @@ def main(argv=None):
     print(report.summary())
     if report.kind != "rating":
         sys.exit(f"error: {args.data}: {report.kind} rows; `fit` needs rating rows (prompt, response, score)")
+    if args.folds > report.prompts:
+        sys.exit(f"error: --folds {args.folds}: {args.data} has only {report.prompts} prompts "
+                 f"(use --folds {report.prompts} or fewer, 0 to skip the CV report)")
     t0 = time.time()
-    encoder = model_lib.load_encoder(args.encoder)
+    try:
+        encoder = model_lib.load_encoder(args.encoder)
+    except (ValueError, OSError) as e:  # model.ModelError is a ValueError
+        sys.exit(f"error: --encoder: {e}")
     embed = memo_embed(encoder.embed)
     config = Config(seed=args.seed)
     groups = group_rows(rows)

@@ -185,3 +185,7 @@ def test_predict_edge_groups():
     assert one.shape == (1,) and np.isfinite(one).all()
     outside = O.predict(m, "p", ["zest1 zest2 zest3 zest4"], group=["plain1 plain2", "plain3 plain4"], embed=fake_embed)
     assert np.isfinite(outside).all()
+
+
+def test_card_values_are_strict_json():
+    assert O.json_safe({"a": float("nan"), "b": [np.float32(1.5), np.int64(2)], "c": "x"}) == {"a": None, "b": [1.5, 2], "c": "x"}
