@@ -485,7 +485,7 @@ def train(args, progress=None):
     torch.manual_seed(args.seed)
 
     # 1. rows -> pairs (or SFT examples) -> splits
-    train_pairs, val_pairs = pairs.load_pairs(args, log)
+    train_pairs, val_pairs, population = pairs.load_pairs(args, log)
 
     # 2. models: policy and reference (the frozen reference of LoRA is the policy with LoRA off)
     dtype = weights_dtype(args, device)
@@ -498,7 +498,8 @@ def train(args, progress=None):
     # 3. creativity scores (precomputed columns, else score.py with the reference LM), token ids
     lambdas = {k: getattr(args, f"lambda_{k}") for k in registry.DIMENSIONS} if args.objective == "crpo" else {}
     encoder = load_model(args.score_encoder, device, loader=sentence_encoder.load_encoder) if args.score_encoder else None
-    pairs.ensure_scores(train_pairs + val_pairs, lambdas, args, ref_model or policy, tokenizer, rank, world, encoder)
+    pairs.ensure_scores(train_pairs + val_pairs, lambdas, args, ref_model or policy, tokenizer, rank, world, encoder,
+                        population)
     active = {k: v for k, v in lambdas.items() if v > 0}
     if args.objective == "crpo":
         log(f"creativity weight: {args.strategy} of " + (", ".join(f"{v:g} * {k}" for k, v in active.items())

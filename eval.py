@@ -43,6 +43,7 @@ import encoder as sentence_encoder
 import files
 import generate
 import plot
+import originality
 import score
 from measures import unit_rows, word_tokens
 from model import ModelError
@@ -58,14 +59,15 @@ PREF_RESPONSES_PER_PROMPT = 32  # rated responses sampled per prompt before pair
 
 
 def eval_dims():
-    """The score dimensions eval reports, as score.py's raw values: the paper's four."""
-    return score.paper_dims()
+    """The score dimensions eval reports, as score.py's raw values: the paper's four and originality."""
+    return [*score.paper_dims(), "originality"]
 
 
 def metrics(per_prompt=()):
     """The reported metrics in table order (per_prompt rows add their distinct@t columns)."""
     extra = sorted({k for r in per_prompt for k in r if k.startswith("distinct@")})
-    return [*eval_dims(), *OTHER_METRICS[:1], *extra, *OTHER_METRICS[1:]]
+    dims = [d for d in score.DIMENSIONS if not per_prompt or any(d in r for r in per_prompt)]
+    return [*dims, *OTHER_METRICS[:1], *extra, *OTHER_METRICS[1:]]
 
 
 class EvalError(Exception):
@@ -155,15 +157,17 @@ def equivalence_classes(E, threshold):
 
 
 def score_generations(generations, *, scorer, tokenizer, encoder, reference=None, threshold=DISTINCT_THRESHOLD,
-                      extra_thresholds=(), cache_dir=None, batch_size=16, show_progress=True):
+                      extra_thresholds=(), cache_dir=None, batch_size=16, show_progress=True, options=None, dims=None):
     """Per-prompt metrics of {prompt: [k texts]} -> list of dicts (prompt order). Novelty, diversity, surprise
     and quality are score.py's RAW values (score_groups' "<dim>_raw"), averaged over the k generations;
     duplicates stay in the group (k identical texts: diversity 0). distinct uses `threshold`; each of
-    extra_thresholds t adds "distinct@t"."""
+    extra_thresholds t adds "distinct@t". dims: the score dimensions (default eval_dims())."""
+    dims = eval_dims() if dims is None else list(dims)
     prompts = list(generations)
     groups = [{"prompt": p, "responses": list(generations[p])} for p in prompts]
-    results, _ = score.score_groups(groups, eval_dims(), model=scorer, tokenizer=tokenizer, encoder=encoder,
-                                    cache_dir=cache_dir, reference=reference, batch_size=batch_size,
+    results, _ = score.score_groups(groups, dims, model=scorer, tokenizer=tokenizer, encoder=encoder,
+                                    cache_dir=cache_dir, reference=reference, population=reference,
+                                    batch_size=batch_size, **(options or {}),
                                     show_progress=show_progress)
     vectors = score.embed_texts(encoder, [t for g in groups for t in g["responses"]], cache_dir=cache_dir,
                                 desc="embed generations", show_progress=show_progress)
@@ -173,12 +177,12 @@ def score_generations(generations, *, scorer, tokenizer, encoder, reference=None
         labels = equivalence_classes(np.stack([vectors[t] for t in texts]), threshold)
         lengths = [len(word_tokens(t)) for t in texts]
         row = {"prompt": p}
-        row.update({d: float(np.mean(res[f"{d}_raw"])) for d in eval_dims()})
+        row.update({d: float(np.mean(res[f"{d}_raw"])) for d in dims})
         row.update(distinct=len(set(labels)) / len(texts), classes=len(set(labels)), length=float(np.mean(lengths)),
                    distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))
         for t in extra_thresholds:
             row[f"distinct@{t:g}"] = len(set(equivalence_classes(np.stack([vectors[x] for x in texts]), t))) / len(texts)
-        row["per_generation"] = {**{d: [float(v) for v in res[f"{d}_raw"]] for d in eval_dims()},
+        row["per_generation"] = {**{d: [float(v) for v in res[f"{d}_raw"]] for d in dims},
                                  "class": labels, "length": lengths}
         rows.append(row)
     return rows
@@ -328,6 +332,22 @@ def git_revision():
 # CLI
 
 
+def originality_leakage(spec, prompts):
+    """The evaluated prompts the originality scorer was trained on (its card lists them)."""
+    _, arg = score.parse_variant("originality", spec)
+    fitted, _ = score.load_originality(arg or originality.default_path())
+    seen = {p.strip() for p in fitted.card.get("training_prompts", [])}
+    return [p for p in prompts if p.strip() in seen]
+
+
+def _scorer_flags_ok(args):
+    try:
+        score.scorer_options(args, prefix="score-")
+        return True
+    except ValueError:
+        return False
+
+
 def _thresholds(text):
     """"0.7,0.8" -> [0.7, 0.8]; None when a value is not a cosine."""
     try:
@@ -360,6 +380,8 @@ def parse_args(argv=None):
     ap.add_argument("--distinct-extra", default=",".join(f"{t:g}" for t in DISTINCT_EXTRA),
                     help="more thresholds, reported as distinct@t ('' for none)")
     ap.add_argument("--plot", help="also draw each metric per model with its interval to this PNG (needs matplotlib)")
+    score.add_scorer_flags(ap, prefix="score-")
+    ap.add_argument("--dims", default=",".join(eval_dims()), help="score dimensions to report (raw values)")
     ap.add_argument("--batch-size", type=int, default=64, help="sequences per generation batch (and LM scoring batch)")
     ap.add_argument("--max-pref-pairs", type=int, default=200, help="human pairs for preference accuracy (0: skip)")
     ap.add_argument("--pref-margin", type=float, default=1.0, help="min rating difference of a human pair")
@@ -375,10 +397,15 @@ def parse_args(argv=None):
               (_thresholds(args.distinct_extra) is not None, "--distinct-extra must be cosines in [-1, 1], e.g. 0.7,0.8"),
               (args.batch_size >= 1, "--batch-size must be >= 1"), (args.bootstrap >= 0, "--bootstrap must be >= 0"),
               (args.max_pref_pairs >= 0, "--max-pref-pairs must be >= 0"),
+              (_scorer_flags_ok(args), "--score-*: not a registered scorer (see --help)"),
               (math.isfinite(args.pref_margin) and args.pref_margin >= 0, "--pref-margin must be >= 0")]
     for ok, message in checks:
         if not ok:
             ap.error(message)
+    args.dims = [d.strip() for d in args.dims.split(",") if d.strip()]
+    unknown = [d for d in args.dims if d not in score.DIMENSIONS]
+    if unknown:
+        ap.error(f"--dims: unknown {', '.join(unknown)} (registered: {', '.join(score.DIMENSIONS)})")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
@@ -401,6 +428,12 @@ def run(args):
     scorer, scorer_tok = checkpoint.load(scorer_path, device=args.device)  # loaded once, for every model
     encoder = sentence_encoder.load_encoder(args.encoder, device=args.device)
     print(f"scoring model and encoder loaded in {time.perf_counter() - t0:.1f} s")
+    options = score.scorer_options(args, prefix="score-")
+    leak = originality_leakage(options["originality"], prompts) if "originality" in args.dims else []
+    if leak:
+        print(f"warning: {len(leak)} of the {len(prompts)} evaluated prompts are among the originality scorer's "
+              f"training prompts (e.g. {leak[0]!r}): its originality there is not an unseen-prompt measurement; "
+              f"fit one on other prompts (score.py fit) and pass --score-originality model DIR", file=sys.stderr)
 
     results, timing = {}, {}
     for name, path in specs:
@@ -417,7 +450,8 @@ def run(args):
         t_gen = time.perf_counter() - t0
         t0 = time.perf_counter()
         per_prompt = score_generations(generations, scorer=scorer, tokenizer=scorer_tok, encoder=encoder,
-                                       reference=reference, threshold=args.distinct_threshold,
+                                       reference=reference, threshold=args.distinct_threshold, options=options,
+                                       dims=args.dims,
                                        extra_thresholds=[t for t in _thresholds(args.distinct_extra)
                                                          if t != args.distinct_threshold],
                                        cache_dir=args.cache_dir, batch_size=args.batch_size)

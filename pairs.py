@@ -52,11 +52,17 @@ def sft_examples(rows, args):
 
 
 def load_pairs(args, log):
-    """(train, val) pairs (SFT: examples) from --data, split by prompt, optionally subsampled."""
+    """(train, val, population) from --data: pairs (SFT: examples) split by prompt and optionally subsampled, and
+    {prompt: every response to it in the file}, what a scorer that compares with others (originality) compares with."""
     if not os.path.isfile(args.data):
         raise data.DataError(f"{args.data}: no such file (pass --data with a JSON Lines file)")
     rows, report = data.read_rows(args.data, skip_bad_rows=args.skip_bad_rows, score_columns=list(registry.DIMENSIONS))
     log(report.summary())
+    population = {}
+    for r in rows:
+        population.setdefault(r["prompt"], {}).update(dict.fromkeys(
+            [r["response"]] if r["kind"] == "rating" else [r["chosen"], r["rejected"]]))
+    population = {p: list(rs) for p, rs in population.items()}
     if args.objective == "sft":
         pairs = sft_examples(rows, args)
         log(f"sft: {len(pairs):,} responses over {len({p['prompt'] for p in pairs}):,} prompts")
@@ -75,10 +81,10 @@ def load_pairs(args, log):
     train_pairs = subsample(train_pairs, args.max_train_pairs, args.seed, "training", "--max-train-pairs", log)
     max_val = args.max_val_pairs if args.max_val_pairs is not None else min(256, max(32, len(train_pairs) // 4))
     val_pairs = subsample(val_pairs, max_val, args.seed, "held-out", "--max-val-pairs", log)
-    return train_pairs, val_pairs
+    return train_pairs, val_pairs, population
 
 
-def ensure_scores(pairs, lambdas, args, score_model, tokenizer, rank, world, encoder=None):
+def ensure_scores(pairs, lambdas, args, score_model, tokenizer, rank, world, encoder=None, population=None):
     """Creativity scores for every dimension with lambda > 0: from the pairs' own columns
     ('novelty_chosen', 'novelty_rejected', ...) or, for dimensions they lack, from score.py."""
     missing = [k for k, lam in lambdas.items() if lam > 0
@@ -93,7 +99,7 @@ def ensure_scores(pairs, lambdas, args, score_model, tokenizer, rank, world, enc
             reference = score.read_reference(args.score_reference) if args.score_reference else None
             print(f"scoring {len(pairs):,} pairs for {', '.join(missing)} with score.py ...")
             score.score_pairs(pairs, missing, model=score_model, tokenizer=tokenizer, encoder=encoder,
-                              cache_dir=args.score_cache, reference=reference, source=args.data,
+                              cache_dir=args.score_cache, reference=reference, population=population, source=args.data,
                               normalize=args.score_normalize, **options)
         except (data.DataError, ValueError) as e:  # ValueError: a bad option, e.g. --score-quality
             error = data.DataError(f"score.py: {e}")

@@ -66,3 +66,4 @@ dimension("novelty", default_lambda=1.0, paper=True, help="distance of the respo
 dimension("diversity", default_lambda=1.0, paper=True, help="mean embedding distance to the group's other responses")
 dimension("surprise", default_lambda=1.0, paper=True, help="how unexpected the response is given the prompt")
 dimension("quality", default_lambda=0.0, paper=True, help="whether the response is a sensible answer")
+dimension("originality", default_lambda=0.0, help="predicted human originality rating (learned from human ratings)")

@@ -27,6 +27,7 @@ per (scorer, model, text) (cache.py), so a second run recomputes nothing.
     python score.py --data ratings.jsonl --out scored.jsonl [--dims novelty,diversity,...]
 """
 import argparse
+import functools
 import glob
 import hashlib
 import json
@@ -45,6 +46,7 @@ import checkpoint
 import data
 import encoder as sentence_encoder
 import files
+import originality
 from cache import Cache, cache_name, cached_compute, chat_fingerprint, model_fingerprint, new_stats
 from generate import shared_prefix_hidden
 from measures import NORMALIZE, centroid_novelty, diversity, dsi_novelty, unit_rows, words
@@ -147,6 +149,7 @@ class Context:
     tokenizer: object = None
     encoder: object = None
     reference: object = None  # None, [texts] or {prompt: [texts]}: DSI novelty's C in place of each group
+    population: dict = None  # {prompt: [texts]}: the responses originality compares with (default: the group)
     batch_size: int = 16
     show_progress: bool = True
     arg: str | None = None  # the variant's argument (rm PATH, field NAME)
@@ -273,6 +276,43 @@ def reward_model_scorer(groups, ctx):
                             lambda p, rs: reward(rm, rm_tokenizer, w, p, rs, ctx.batch_size, ctx.stats))
 
 
+@scorer("originality", "model", default=True, arg="[DIR]")
+def originality_scorer(groups, ctx):
+    """originality.predict with the fitted scorer in DIR (default: the shipped scorers/originality), each response
+    compared with its prompt's population (all responses to the prompt in the file; in eval, the human ones)."""
+    path = ctx.arg or originality.default_path()
+    fitted, weights_hash = load_originality(path)
+    if ctx.encoder is None:  # loaded now, so that every group's cache key names it
+        ctx.encoder = sentence_encoder.load_encoder(None)
+    embed = lambda texts: np.stack([ctx.embed(list(texts), "embed texts")[t] for t in texts])  # noqa: E731
+    fitted_dim = originality.embedding_dim(fitted.weights["mu"].numel(), fitted.config)
+    dim = len(embed([groups[0]["prompt"]])[0]) if groups else fitted_dim
+    if dim != fitted_dim:
+        raise data.DataError(f"originality scorer {path} was fitted on {fitted_dim}-dimensional sentence embeddings "
+                             f"({fitted.card.get('encoder', '?')}); this encoder gives {dim}: fit one with it")
+    out = []
+    for g in groups:
+        population = (ctx.population or {}).get(g["prompt"])
+        key = hashlib.sha1(json.dumps(sorted(population or g["responses"]), ensure_ascii=False).encode()).hexdigest()
+        namespace = f"originality|{weights_hash}|{cache_name(ctx.encoder)}|{key[:12]}"
+        out += ctx.per_response([g], namespace, "originality", lambda p, rs: [
+            (list(range(len(rs))), originality.predict(fitted, p, rs, population or g["responses"], embed=embed))])
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def load_originality(path):
+    """(fitted scorer, hash of its weights) from a folder `score.py fit` wrote; one-line error otherwise."""
+    try:
+        fitted = originality.load(path)
+    except (FileNotFoundError, KeyError, ValueError, OSError) as e:
+        raise data.DataError(f"originality scorer {path}: {e}") from None
+    h = hashlib.sha1()
+    for name in sorted(fitted.weights):
+        h.update(name.encode() + fitted.weights[name].float().numpy().tobytes())
+    return fitted, h.hexdigest()[:12]
+
+
 @scorer("quality", "field", arg="NAME")
 def field_scorer(groups, ctx):
     return [np.asarray(g["field"], dtype=np.float64) for g in groups]
@@ -283,13 +323,14 @@ def field_scorer(groups, ctx):
 
 
 def score_groups(groups, dims=None, *, model=None, tokenizer=None, encoder=None, cache_dir=None, reference=None,
-                 normalize="minmax", batch_size=16, show_progress=True, stats=None, **variants):
+                 population=None, normalize="minmax", batch_size=16, show_progress=True, stats=None, **variants):
     """Raw and per-group normalised scores of the dimensions `dims` (default: the paper's four).
 
     groups: [{"prompt": str, "responses": [unique str], "field": [float] (only for quality field)}].
     variants: dim=spec, e.g. novelty="centroid", quality="rm PATH" (default: each dimension's default scorer).
     reference: None, a list of texts (C for every prompt) or {prompt: [texts]} (a prompt it lacks uses all
     of its texts): the set C of DSI novelty in place of the group itself.
+    population: {prompt: [texts]}: what originality compares each response with (default: its group).
     normalize: "minmax" (default) or "rank" (robust to outliers such as typo perplexities).
     model/tokenizer (the reference LM, also the judge) and encoder: loaded (embedded defaults) when None
     and needed. -> ([{dim: normalised np.ndarray, "<dim>_raw": raw np.ndarray} per group], stats).
@@ -309,7 +350,7 @@ def score_groups(groups, dims=None, *, model=None, tokenizer=None, encoder=None,
     stats["responses"] += sum(len(g["responses"]) for g in groups)
     stats["single_response_groups"] += sum(len(g["responses"]) == 1 for g in groups)
     t_start = time.perf_counter()
-    ctx = Context(Cache(cache_dir), stats, model, tokenizer, encoder, reference, batch_size, show_progress)
+    ctx = Context(Cache(cache_dir), stats, model, tokenizer, encoder, reference, population, batch_size, show_progress)
     raw = {}
     for d, (variant, arg) in chosen.items():
         ctx.arg = arg
@@ -445,6 +486,9 @@ def scorer_options(args, prefix=""):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["fit"]:  # python score.py fit --data RATINGS --out DIR: fit an originality scorer
+        return originality.main(argv[1:]) or 0
     ap = argparse.ArgumentParser(description="Add creativity scores (each in [0, 1], normalised per prompt) to every "
                                              "row of a JSON Lines file.",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

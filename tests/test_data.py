@@ -590,3 +590,17 @@ def test_real_ratings():
     train, val = data.split_by_prompt(pairs, 0.1, seed=0)
     assert train and val and len(train) + len(val) == len(pairs)
     assert not {p["prompt"] for p in train} & {p["prompt"] for p in val}
+
+
+def test_gzip_file_reads_like_the_plain_file(tmp_path):
+    import gzip
+    plain = write(tmp_path, [rating("p", "a", 1.0), rating("p", "b", 3.0), "not json"])
+    zipped = tmp_path / "rows.jsonl.gz"
+    zipped.write_bytes(gzip.compress(open(plain, "rb").read()))
+    rows_plain, _ = data.read_rows(plain, skip_bad_rows=True)
+    rows_gz, report = data.read_rows(str(zipped), skip_bad_rows=True)
+    assert rows_gz == rows_plain and report.skipped == {"not JSON": 1}
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(gzip.compress(b"{}\n")[:12])
+    with pytest.raises(data.DataError, match="not a readable gzip file"):
+        data.read_rows(str(broken))

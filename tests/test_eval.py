@@ -55,10 +55,11 @@ def cos(u, v):
     return u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
 
 
-def score_set(generations, tmp_path, encoder, reference=None, threshold=0.9, m=None):
+def score_set(generations, tmp_path, encoder, reference=None, threshold=0.9, m=None, dims=None):
+    """The paper's four dimensions by default: the shipped originality scorer needs the real 384-d encoder."""
     return evaluation.score_generations(generations, scorer=m or tiny_model(), tokenizer=ByteTokenizer(), encoder=encoder,
                                         reference=reference, threshold=threshold, cache_dir=str(tmp_path / "cache"),
-                                        show_progress=False)
+                                        show_progress=False, dims=dims or score.paper_dims())
 
 
 # ----------------------------------------------------------------------------- metrics on hand-made sets
@@ -232,7 +233,8 @@ def fake_models(monkeypatch):
 def run_cli(tmp_path, *extra, name="out"):
     out = tmp_path / f"{name}.json"
     rc = evaluation.main(["--data", SAMPLE, "--max-prompts", "3", "--k", "3", "--max-new-tokens", "6",
-                          "--cache-dir", str(tmp_path / "cache"), "--out", str(out), *extra])
+                          "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                          "--dims", "novelty,diversity,surprise,quality", *extra])
     return rc, (json.loads(out.read_text(encoding="utf-8")) if rc == 0 else None)
 
 
@@ -252,7 +254,7 @@ def test_two_models_share_prompts_and_scorer_same_seed_same_output(tmp_path, fak
     for name in ("a", "b"):
         r = out["models"][name]
         assert all(len(v) == 3 for v in r["generations"].values())
-        for metric in evaluation.metrics():
+        for metric in evaluation.metrics(r["per_prompt"]):
             assert r[metric]["lo"] <= r[metric]["mean"] <= r[metric]["hi"]
         assert [p["prompt"] for p in r["per_prompt"]] == first3
         assert r["novelty"]["mean"] == pytest.approx(np.mean([p["novelty"] for p in r["per_prompt"]]))
@@ -298,7 +300,8 @@ def test_preference_rows_novelty_among_generations(tmp_path, fake_models):
         {"prompt": "p1", "chosen": "emu", "rejected": "dog"}]) + "\n")
     out = tmp_path / "o.json"
     assert evaluation.main(["--models", "a=default", "--data", str(src), "--k", "2", "--max-new-tokens", "4",
-                            "--cache-dir", str(tmp_path / "c"), "--out", str(out)]) == 0
+                            "--cache-dir", str(tmp_path / "c"), "--out", str(out),
+                            "--dims", "novelty,diversity,surprise,quality"]) == 0
     got = json.loads(out.read_text())
     assert list(got["models"]["a"]["generations"]) == ["p1", "p2"]
     assert got["config"]["novelty_reference"].startswith("the generations")
@@ -311,8 +314,8 @@ def test_distinct_at_extra_thresholds_by_hand(tmp_path):
     enc = FakeEncoder({"a": a, "b": b, "c": c}, dim=2)
     rows = evaluation.score_generations({"p": ["a", "b", "c"]}, scorer=tiny_model(), tokenizer=ByteTokenizer(),
                                         encoder=enc, threshold=0.5, extra_thresholds=(0.9, 0.95),
-                                        cache_dir=str(tmp_path / "cache"), show_progress=False)
+                                        cache_dir=str(tmp_path / "cache"), show_progress=False,
+                                        dims=score.paper_dims())
     assert rows[0]["distinct"] == pytest.approx(1 / 3)  # all within cos 0.5 of "a"
     assert rows[0]["distinct@0.9"] == pytest.approx(2 / 3) and rows[0]["distinct@0.95"] == pytest.approx(1.0)
-    dims = evaluation.eval_dims()
-    assert evaluation.metrics(rows)[:len(dims) + 3] == [*dims, "distinct", "distinct@0.9", "distinct@0.95"]
+    assert evaluation.metrics(rows)[:7] == [*score.paper_dims(), "distinct", "distinct@0.9", "distinct@0.95"]

@@ -401,3 +401,89 @@ def test_real_default_models(tmp_path):
     # the two "drink" answers are the closest pair: the least diverse responses
     assert set(np.argsort(res["diversity_raw"])[:2]) == {1, 3}
     assert all(0 < q < 1 for q in res["quality_raw"])
+
+
+# ----------------------------------------------------------------------------- originality through the registry
+
+
+class BagOfWordsEncoder:
+    """e(t) = unit sum of fixed random word vectors (what tests/test_originality.py fits with)."""
+
+    name = "bag-of-words"
+
+    def __init__(self, dim=16):
+        self.dim, self.calls = dim, 0
+
+    def embed(self, texts, batch_size=64):
+        self.calls += 1
+        out = np.zeros((len(texts), self.dim))
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i] += np.random.default_rng(sum(map(ord, w)) * 7919 + len(w)).standard_normal(self.dim)
+            out[i] /= max(np.linalg.norm(out[i]), 1e-12)
+        return torch.tensor(out, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def fitted_originality(tmp_path_factory):
+    """A tiny originality scorer fitted on synthetic prompts whose rating counts the 'zest' words."""
+    import originality
+    enc = BagOfWordsEncoder()
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(6):
+        for _ in range(30):
+            k = int(rng.integers(0, 4))
+            words = [f"zest{rng.integers(9)}" for _ in range(k)] + [f"plain{rng.integers(9)}" for _ in range(3 - k)]
+            rows.append({"prompt": f"Use for object {p}?", "response": " ".join(words), "score": k + 0.01 * p})
+    config = originality.Config(mlp_members=1, hidden=16, epochs=4, batch_size=64, dropout=0.0)
+    fitted = originality.fit(rows, lambda ts: enc.embed(ts).numpy(), config)
+    folder = tmp_path_factory.mktemp("originality")
+    originality.save(fitted, str(folder))
+    return str(folder), enc
+
+
+def test_originality_is_the_fitted_prediction_cached_and_deterministic(tmp_path, fitted_originality):
+    import originality
+    folder, enc = fitted_originality
+    group = ["zest1 zest2 plain3", "plain1 plain2 plain3", "zest4 plain5 plain6", "zest1 zest2 zest3"]
+    population = {"Use for object 9?": group + ["plain7 plain8 zest9", "plain1 plain1 plain1"]}
+    kw = dict(encoder=enc, cache_dir=tmp_path, show_progress=False, originality=f"model {folder}")
+    [res], s1 = score.score_groups(groups_of([("Use for object 9?", group)]), ["originality"], population=population,
+                                   **kw)
+    want = originality.predict(originality.load(folder), "Use for object 9?", group,
+                               population["Use for object 9?"], embed=lambda ts: enc.embed(ts).numpy())
+    np.testing.assert_allclose(res["originality_raw"], want, rtol=1e-5, atol=1e-6)
+    assert np.argmax(res["originality_raw"]) == 3 and np.argmin(res["originality_raw"]) == 1  # 3 zests vs none
+    calls = enc.calls
+    [again], s2 = score.score_groups(groups_of([("Use for object 9?", group)]), ["originality"], population=population,
+                                     **kw)
+    assert enc.calls == calls and s2["computed"]["originality"] == 0  # served from the cache
+    np.testing.assert_array_equal(again["originality_raw"], res["originality_raw"])
+    # another population is another comparison: not served from the first one's cache rows
+    _, s3 = score.score_groups(groups_of([("Use for object 9?", group)]), ["originality"], **kw)
+    assert s3["computed"]["originality"] == 4
+    # the shipped scorer needs the 384-d encoder it was fitted with: a one-line error names both
+    with pytest.raises(data.DataError, match="384-dimensional"):
+        score.score_groups(groups_of([("p", ["a b", "c"])]), ["originality"], encoder=enc, cache_dir=tmp_path,
+                           show_progress=False)
+
+
+def test_fit_command_writes_a_scorer_whose_card_lists_the_training_prompts(tmp_path, monkeypatch, capsys):
+    import types
+    enc = BagOfWordsEncoder()
+    enc.config = types.SimpleNamespace(dim=enc.dim)
+    monkeypatch.setattr(sentence_encoder, "load_encoder", lambda path=None, **kw: enc)
+    rng = np.random.default_rng(1)
+    rows = [{"prompt": f"Use for thing {p}?", "response": " ".join(
+             [f"zest{rng.integers(9)}"] * k + [f"plain{rng.integers(9)}"] * (3 - k)), "score": float(k),
+             "task": "Uses" if p % 2 else "Instances"} for p in range(6) for k in rng.integers(0, 4, 20)]
+    src = tmp_path / "ratings.jsonl"
+    write_jsonl(src, rows)
+    out = tmp_path / "scorer"
+    assert score.main(["fit", "--data", str(src), "--out", str(out), "--folds", "3"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert sorted(card["training_prompts"]) == sorted({r["prompt"] for r in rows})
+    assert card["cv"]["folds"] == 3 and "trained_on" in card
+    printed = capsys.readouterr().out
+    assert "Spearman" in printed or "spearman" in printed
