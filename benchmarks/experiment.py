@@ -169,7 +169,8 @@ def scorer_dir(args):
 
 
 def fit_command(args, info):
-    return [sys.executable, "score.py", "fit", "--data", info["paths"]["scorer_train"], "--out", scorer_dir(args)]
+    return [sys.executable, "score.py", "fit", "--data", info["paths"]["scorer_train"], "--out", scorer_dir(args),
+            "--folds", "0"]  # the scorer's own validity is measured in README's validity table, not here
 
 
 def train_command(args, info, arm, seed):
@@ -189,7 +190,7 @@ def train_command(args, info, arm, seed):
     for k in LAMBDA_NAMES:
         cmd += [f"--lambda-{k}", str(lambdas.get(k, 0.0))]
     if lambdas.get("originality", 0) > 0:
-        cmd += ["--originality-model", scorer_dir(args)]
+        cmd += ["--score-originality", "model", scorer_dir(args)]
     return cmd
 
 
@@ -198,7 +199,7 @@ def eval_command(args, info, arm, seed, model_path):
     return [sys.executable, "eval.py", "--models", f"{arm.name}={model_path}",
             "--data", info["paths"]["heldout"], "--k", str(args.k), "--max-new-tokens", str(args.max_new_tokens),
             "--seed", str(seed), "--max-pref-pairs", str(args.max_pref_pairs), "--batch-size",
-            str(args.eval_batch_size), "--originality-model", scorer_dir(args), "--cache-dir",
+            str(args.eval_batch_size), "--score-originality", "model", scorer_dir(args), "--cache-dir",
             os.path.join(args.work_dir, "cache"), "--device", "cpu",
             "--out", os.path.join(args.work_dir, "evals", f"{arm.name}_s{seed}.json")]
 

@@ -102,7 +102,7 @@ def test_planned_commands_data_and_order(tiny):
     assert not held & {r["prompt"] for r in rows("train")} and not held & {r["prompt"] for r in rows("scorer_train")}
     fit = cmds["score.py originality_scorer"]
     assert fit[2:] == ["fit", "--data", os.path.join(work, "data", "scorer_train.jsonl"), "--out",
-                       os.path.join(work, "originality_scorer")]
+                       os.path.join(work, "originality_scorer"), "--folds", "0"]
     sft = cmds["crpo.py sft_s1"]
     assert sft[sft.index("--objective") + 1] == "sft" and sft[sft.index("--sft-min-score") + 1] == "3.0"
     assert sft[sft.index("--max-steps") + 1] == "2" and sft[sft.index("--seed") + 1] == "1" and "--model" not in sft
@@ -111,16 +111,17 @@ def test_planned_commands_data_and_order(tiny):
         return {k: float(cmd[cmd.index(f"--lambda-{k}") + 1]) for k in experiment.LAMBDA_NAMES}
     dpo, nds, orig = cmds["crpo.py dpo_s1"], cmds["crpo.py crpo_nds_s1"], cmds["crpo.py crpo_orig_s1"]
     assert dpo[dpo.index("--model") + 1] == os.path.join(work, "runs", "sft_s1")
-    assert set(lambdas(dpo).values()) == {0.0} and "--originality-model" not in dpo
+    assert set(lambdas(dpo).values()) == {0.0} and "--score-originality" not in dpo
     assert lambdas(nds) == {"novelty": 1.0, "diversity": 1.0, "surprise": 1.0, "quality": 0.0, "originality": 0.0}
     assert lambdas(orig)["originality"] == 1.0 and sum(lambdas(orig).values()) == 1.0
-    assert orig[orig.index("--originality-model") + 1] == os.path.join(work, "originality_scorer")
+    assert orig[orig.index("--score-originality") + 1:][:2] == ["model", os.path.join(work, "originality_scorer")]
     assert all(c[c.index("--weight-on") + 1] == "margin" for c in (dpo, nds, orig))
     assert all(c[c.index("--max-steps") + 1] == "3" for c in (dpo, nds, orig))
     ev = cmds["eval crpo_orig_s1"]
     assert ev[ev.index("--models") + 1] == "crpo_orig=" + os.path.join(work, "runs", "crpo_orig_s1")
-    assert [ev[ev.index(f) + 1] for f in ("--k", "--seed", "--originality-model", "--data")] == [
-        "2", "1", os.path.join(work, "originality_scorer"), os.path.join(work, "data", "heldout.jsonl")]
+    assert [ev[ev.index(f) + 1] for f in ("--k", "--seed", "--data")] == [
+        "2", "1", os.path.join(work, "data", "heldout.jsonl")]
+    assert ev[ev.index("--score-originality") + 1:][:2] == ["model", os.path.join(work, "originality_scorer")]
     assert cmds["eval base_s0"][cmds["eval base_s0"].index("--models") + 1] == "base=default"
     # each run left a small result: commands, seed, no per-generation lists
     res = json.load(open(tmp / "results" / "experiment" / "crpo_nds_s1.json"))
