@@ -38,7 +38,7 @@ GIB = 2**30
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BLOCK_8B = dict(dim=4096, n_heads=32, n_kv_heads=8, head_dim=128, hidden_dim=14336, rope_theta=500000.0)
 BLOCK_TINY = dict(dim=64, n_heads=4, n_kv_heads=2, head_dim=16, hidden_dim=176, rope_theta=10000.0)
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_TARGETS = modeling.LORA_TARGETS
 
 
 # ---------------------------------------------------------------- measuring

@@ -5,13 +5,16 @@ and the first five words of the item, so near-duplicate stems ("When the kids we
 found") never sit on both sides. The subsets are written as JSON Lines with their sha256, which the experiment
 records in every run's fingerprint (a changed split cannot be mixed with old runs).
 """
-import gzip
 import hashlib
 import json
 import os
 import random
 import re
+import sys
 from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import files  # noqa: E402
 
 TASKS = ("Alternate Uses", "Instances", "Consequences", "Sentence Completion")
 
@@ -22,22 +25,21 @@ class SplitError(Exception):
 
 def read_ratings(path):
     """Rating rows {prompt, response, score, task, item} of the four tasks from a .jsonl or .jsonl.gz file."""
-    opener = gzip.open if path.endswith(".gz") else open
-    rows = []
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SplitError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-                if (isinstance(r, dict) and r.get("task") in TASKS and r.get("item") and r.get("prompt")
-                        and r.get("response") and isinstance(r.get("score"), (int, float))):
-                    rows.append({k: r[k] for k in ("prompt", "response", "score", "task", "item")})
-    except OSError as e:
-        raise SplitError(f"--data {path}: cannot read ({e.strerror or e})") from None
+        lines = files.read_lines(path)
+    except (OSError, EOFError) as e:
+        raise SplitError(f"--data {path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SplitError(f"{path}:{lineno}: not JSON ({getattr(e, 'msg', e)})") from None
+        if (isinstance(r, dict) and r.get("task") in TASKS and r.get("item") and r.get("prompt")
+                and r.get("response") and isinstance(r.get("score"), (int, float))):
+            rows.append({k: r[k] for k in ("prompt", "response", "score", "task", "item")})
     if not rows:
         raise SplitError(f"--data {path}: no rating rows with task ({', '.join(TASKS)}), item, prompt, "
                               f"response and score")
@@ -106,7 +108,5 @@ def prepare_data(args):
 
 
 def write_atomic(path, data):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
-    os.replace(path + ".tmp", path)
+    """PATH whole or not at all (files.write_atomic), from text or bytes."""
+    files.write_atomic(path, lambda f: f.write(data if isinstance(data, bytes) else data.encode("utf-8")))
