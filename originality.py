@@ -30,6 +30,11 @@ Validity is measured by prompt-grouped cross-validation (no prompt on both sides
 per-prompt Spearman correlation with the human rating, and the partial Spearman with length held fixed.
 
     python originality.py fit --data data/dt_ratings.jsonl.gz --out scorers/originality
+
+Measured (data/dt_ratings.jsonl.gz, 44 prompts, 5 prompt-grouped folds, seed 0, one core): mean per-prompt
+Spearman +0.621 +- 0.019 (partial, length in chars held fixed, +0.576), beside length +0.277 and
+diversity +0.183; ridge alone +0.596; unweighted rows +0.614; 4 MLPs +0.623; seed-1 folds +0.620.
+On a task left out of training: 0.47 (alternate uses) to 0.63 (sentence completion).
 """
 import argparse
 import hashlib

@@ -3,6 +3,7 @@ brute-force enumeration, group features, the prompt-grouped split, and a fit tha
 rating function on synthetic prompts it never saw (with a hashed bag-of-words encoder standing in)."""
 import itertools
 import math
+import os
 import zlib
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import scipy.stats
 
 import originality as O
+from conftest import ROOT
 
 DIM = 64
 SMALL = O.Config(mlp_members=1, hidden=32, epochs=8, batch_size=64, dropout=0.1, weight_decay=1e-3, lr=3e-3)
@@ -189,3 +191,20 @@ def test_predict_edge_groups():
 
 def test_card_values_are_strict_json():
     assert O.json_safe({"a": float("nan"), "b": [np.float32(1.5), np.int64(2)], "c": "x"}) == {"a": None, "b": [1.5, 2], "c": "x"}
+
+
+def test_shipped_default_card_and_weights():
+    """The fitted default loads, its card names the data file's hash and the 44 training prompts, and it
+    scores deterministically (a hashed 384-d encoder stands in for MiniLM: only shapes matter here)."""
+    m = O.load(O.default_path())
+    data_file = os.path.join(ROOT, "data", "dt_ratings.jsonl.gz")
+    assert m.card["data_sha256"] == O.file_sha256(data_file)
+    assert len(m.card["training_prompts"]) == 44
+    assert "Suggest one unusual, creative use for this object: brick." in m.card["training_prompts"]
+    assert m.card["cv"]["overall"]["spearman"]["mean"] >= 0.60
+    dim = m.weights["mu"].shape[0]
+    assert O.embedding_dim(dim, m.config) == 384
+    embed384 = lambda texts: np.stack([np.resize(fake_embed([t])[0], 384) / math.sqrt(6) for t in texts])
+    responses = ["doorstop", "paperweight", "grind it into pigment for cave paintings", "doorstop"]
+    a = O.predict(m, "Suggest a use for a brick.", responses, embed=embed384)
+    assert np.isfinite(a).all() and np.array_equal(a, O.predict(m, "Suggest a use for a brick.", responses, embed=embed384))
