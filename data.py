@@ -196,8 +196,8 @@ def read_rows(path, *, skip_bad_rows=False, score_columns=()):
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a JSON Lines file") from None
     except (OSError, EOFError) as e:  # EOFError, gzip.BadGzipFile: a damaged .gz file
-        what = "not a readable gzip file" if isinstance(e, EOFError) or "gzip" in type(e).__name__.lower() else "cannot read"
-        raise DataError(f"{path}: {what} ({getattr(e, 'strerror', None) or e})") from None
+        what = " (not a readable gzip file)" if isinstance(e, EOFError) or "gzip" in type(e).__name__.lower() else ""
+        raise DataError(f"{path}: cannot read{what}: {getattr(e, 'strerror', None) or e}") from None
 
     report = ReadReport(path=path, lines=len(lines))
     rows, first_row_of = [], {}  # (prompt, response) -> index into rows
