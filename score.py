@@ -284,7 +284,11 @@ def originality_scorer(groups, ctx):
     fitted, weights_hash = load_originality(path)
     if ctx.encoder is None:  # loaded now, so that every group's cache key names it
         ctx.encoder = sentence_encoder.load_encoder(None)
-    embed = lambda texts: np.stack([ctx.embed(list(texts), "embed texts")[t] for t in texts])  # noqa: E731
+
+    def embed(texts):  # one cached lookup (and encoder pass for what is missing) per call
+        vectors = ctx.embed(list(texts), "embed texts")
+        return np.stack([vectors[t] for t in texts])
+
     fitted_dim = originality.embedding_dim(fitted.weights["mu"].numel(), fitted.config)
     dim = len(embed([groups[0]["prompt"]])[0]) if groups else fitted_dim
     if dim != fitted_dim:
