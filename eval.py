@@ -1,4 +1,4 @@
-"""Generation-based creativity evaluation: several models side by side on the same prompts (SPEC section 7).
+"""Generation-based creativity evaluation: several models side by side on the same prompts.
 
     python eval.py --models base=default crpo=out/ --data heldout.jsonl --k 8 --out out/eval.json --report out/eval.md
 

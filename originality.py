@@ -1,4 +1,4 @@
-"""Originality: a model of the human originality rating of a response r to a prompt x (SPEC section 4).
+"""Originality: a model of the human originality rating of a response r to a prompt x.
 
 The rating of an idea depends on what it says and on how many others said the same thing, so every
 response is described twice: on its own and relative to its prompt group G (the responses it is

@@ -1,5 +1,5 @@
 """Creativity scores for CrPO: one registry of dimensions and their scorers, scoring of prompt groups, and
-the `python score.py` command line (SPEC section 4).
+the `python score.py` command line.
 
 Every score is computed per prompt group G (the unique responses to one prompt) and then normalised inside
 the group to [0, 1] (min-max by default, `--normalize rank` as an option). e(t) is the encoder's unit-norm
