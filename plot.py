@@ -23,6 +23,8 @@ import math
 import os
 import sys
 
+import files
+
 CURVE_METRICS = ("loss", "reward_accuracy", "reward_margin", "mean_c")
 CURVE_TITLES = {"loss": "loss", "reward_accuracy": "reward accuracy", "reward_margin": "reward margin",
                 "mean_c": "mean creativity weight c"}
@@ -41,18 +43,17 @@ def read_metrics(path):
     """metrics.jsonl -> list of row dicts (blank lines skipped). A line that is not a JSON object raises
     PlotError("FILE:LINE: ...")."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-    except OSError as e:
-        raise PlotError(f"{path}: cannot read ({e.strerror})") from None
+        lines = files.read_lines(path)
+    except (OSError, EOFError) as e:
+        raise PlotError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
     rows = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PlotError(f"{path}:{lineno}: not JSON ({e.msg}); is this crpo.py's metrics.jsonl?") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PlotError(f"{path}:{lineno}: not JSON ({getattr(e, 'msg', e)}); is this crpo.py's metrics.jsonl?") from None
         if not isinstance(row, dict):
             raise PlotError(f"{path}:{lineno}: expected a JSON object per line")
         rows.append(row)

@@ -294,11 +294,11 @@ def originality_scorer(groups, ctx):
     if dim != fitted_dim:
         raise data.DataError(f"originality scorer {path} was fitted on {fitted_dim}-dimensional sentence embeddings "
                              f"({fitted.card.get('encoder', '?')}); this encoder gives {dim}: fit one with it")
-    out = []
+    out, encoder_name = [], cache_name(ctx.encoder)  # fingerprinted once, not per group
     for g in groups:
         population = (ctx.population or {}).get(g["prompt"])
         key = hashlib.sha1(json.dumps(sorted(population or g["responses"]), ensure_ascii=False).encode()).hexdigest()
-        namespace = f"originality|{weights_hash}|{cache_name(ctx.encoder)}|{key[:12]}"
+        namespace = f"originality|{weights_hash}|{encoder_name}|{key[:12]}"
         out += ctx.per_response([g], namespace, "originality", lambda p, rs: [
             (list(range(len(rs))), originality.predict(fitted, p, rs, population or g["responses"], embed=embed))])
     return out

@@ -30,6 +30,7 @@ import data  # noqa: E402
 import checkpoint  # noqa: E402
 import encoder as sentence_encoder  # noqa: E402
 import measures  # noqa: E402
+from originality import partial_spearman, spearman  # noqa: E402
 import score  # noqa: E402
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "dt_ratings.jsonl.gz")
@@ -50,35 +51,7 @@ BASELINES = ("length (chars)", "length (words)")
 # ----------------------------------------------------------------------------- statistics
 
 
-def rank_average_ties(x):
-    """Ranks 1..n; tied values all get the mean of the ranks they span."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    ranks = np.empty(len(x))
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def spearman(x, y):
-    """rho = Pearson correlation of the tie-averaged ranks; nan when either side is constant."""
-    rx, ry = rank_average_ties(x), rank_average_ties(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = math.sqrt((rx @ rx) * (ry @ ry))
-    return float(rx @ ry / denom) if denom > 0 else float("nan")
-
-
-def partial_spearman(x, y, z):
-    """Spearman rho of x and y with z held fixed: (r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2))."""
-    r_xy, r_xz, r_yz = spearman(x, y), spearman(x, z), spearman(y, z)
-    denom = math.sqrt(max(0.0, (1 - r_xz ** 2) * (1 - r_yz ** 2)))
-    return (r_xy - r_xz * r_yz) / denom if denom > 0 else float("nan")
+# spearman / partial_spearman: originality.py's (Pearson of tie-averaged ranks; nan for a constant side)
 
 
 # ----------------------------------------------------------------------------- data

@@ -2,6 +2,8 @@
 model, and tiny random HF checkpoints written by transformers itself (the oracle's own writer)."""
 import json
 import os
+import subprocess
+import sys
 
 import torch
 from tokenizers import Tokenizer as HFTokenizer
@@ -88,3 +90,15 @@ def tiny_hf_model(kind, tmp_path, shard=False, **extra):
 def hf_logits(hf, ids, mask=None):
     with torch.no_grad():
         return hf(input_ids=ids, attention_mask=mask).logits.float()
+
+
+def run_triton_tests_in_interpreter(test_file, selector):
+    """Run test_file's tests matching selector in a fresh pytest process with TRITON_INTERPRET=1 (Triton reads it
+    when a kernel is defined, at import); assert they all ran and passed."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(test_file), "-k", selector]
+    res = subprocess.run(cmd, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         capture_output=True, text=True, timeout=600)
+    tail = res.stdout[-4000:] + res.stderr[-2000:]
+    assert res.returncode == 0, tail
+    assert " passed" in tail and "skipped" not in tail, tail

@@ -6,13 +6,12 @@ fixture below loads a private copy of kernels/triton_logprobs.py with TRITON_INT
 the rest of the test session (and the `kernels` package) untouched.
 """
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import kernels
+from fakes import run_triton_tests_in_interpreter
 from kernels import torch_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -226,13 +225,7 @@ def test_triton_tests_in_interpreter_subprocess():
     pytest.importorskip("triton", reason="triton is not importable: the Triton path cannot be tested")
     if INTERPRETED:
         pytest.skip("this process already runs the Triton tests in the interpreter")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__),
-           "-k", "triton and not subprocess or dispatches"]
-    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    tail = res.stdout[-4000:] + res.stderr[-2000:]
-    assert res.returncode == 0, tail
-    assert " passed" in tail and "skipped" not in tail, tail
+    run_triton_tests_in_interpreter(__file__, "triton and not subprocess or dispatches")
 
 
 @pytest.mark.parametrize("n,v", SHAPES)

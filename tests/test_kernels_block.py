@@ -10,8 +10,6 @@ fewer matmuls. Shapes are odd on purpose: D = 37, head_dim 10 (5 pairs), 1037 el
 """
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels
+from fakes import run_triton_tests_in_interpreter
 import model as modeling
 from kernels import checkpoint_policy, torch_block
 
@@ -336,13 +335,7 @@ def test_triton_block_tests_in_interpreter_subprocess():
     pytest.importorskip("triton", reason="triton is not importable: the Triton path cannot be tested")
     if INTERPRETED:
         pytest.skip("this process already runs the Triton tests in the interpreter")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__),
-           "-k", "triton and not subprocess"]
-    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    tail = res.stdout[-4000:] + res.stderr[-2000:]
-    assert res.returncode == 0, tail
-    assert " passed" in tail and "skipped" not in tail, tail
+    run_triton_tests_in_interpreter(__file__, "triton and not subprocess")
 
 
 @pytest.mark.parametrize("shape", RMS_SHAPES)
