@@ -333,7 +333,7 @@ def prepare(run, ref_model, log):
     if run.lora:
         targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
         model.add_lora(policy, rank=args.lora_rank, alpha=args.lora_alpha, targets=targets, dropout=args.lora_dropout)
-        for p in policy.parameters():  # adapters in float32 (bf16 autocast on CUDA), unless --dtype bfloat16: no autocast
+        for p in policy.parameters():  # float32 adapters under bf16 autocast; --dtype bfloat16: all bf16, no autocast
             if p.requires_grad and args.dtype != "bfloat16":
                 p.data = p.data.float()
     elif ref_model is None and not run.sft:
