@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole GPU acceptance in one call (issue 19), at most about 9 minutes on an H100 or H200 (the parts' time
-# limits add up to 530 s): correctness on CUDA first, then end-to-end runs against the CPU, then the benchmarks.
+# limits add up to 535 s): correctness on CUDA first, then end-to-end runs against the CPU, then the benchmarks.
 #   (a) the suite's CUDA tests
 #   (b) crpo.py's main command (shortened) on CUDA vs the CPU, full fine-tuning and LoRA; --resume on CUDA
 #   (c) score.py and eval.py on CUDA vs the CPU, on the sample
@@ -69,21 +69,22 @@ if [ "$SMALL" != 1 ] && ls .cache/bench_deps/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-deps --no-index .cache/bench_deps/*.whl
 fi
 
-step a 40 "CUDA tests (pytest -k cuda)" \
-    $PY -m pytest -q -p no:cacheprovider tests -k cuda -rs
+# (a) collects only the test files that mention CUDA (collecting the whole suite costs CI seconds)
+step a 60 "CUDA tests (pytest -k cuda)" \
+    $PY -m pytest -q -p no:cacheprovider $(grep -l cuda tests/test_*.py) -k cuda -rs
 step b 160 "crpo.py on CUDA vs CPU (full, LoRA), --resume on CUDA" \
     $PY benchmarks/gpu_e2e.py train $S
-step c 45 "score.py and eval.py on CUDA vs CPU" \
+step c 55 "score.py and eval.py on CUDA vs CPU" \
     $PY benchmarks/gpu_e2e.py score-eval $S
 step d 30 "Triton block kernels, bf16 fwd+bwd vs float64, 8B shapes" \
     $INTERP $PY benchmarks/bench_block.py --check-only $S
-step e1 140 "step, 8B shape, 8 pairs x 512: ours (default, --kernels triton), compiled, hf+peft, +Liger" \
-    $PY benchmarks/bench_step.py --reps 3 --profile $S
+step e1 130 "step, 8B shape, 8 pairs x 512: ours (default, --kernels triton), compiled, hf+peft, +Liger" \
+    $PY benchmarks/bench_step.py --reps 3 --warmup 1 --profile $S
 step e2 40 "step, short answers, 64 pairs x 64 (40 prompt): ours (default, --kernels triton), hf+peft" \
-    $PY benchmarks/bench_step.py $SHORT --profile --reps 3 $S
-step e3 45 "block ops and one 8B block: eager, torch.compile, Triton; checkpoint policies" \
+    $PY benchmarks/bench_step.py $SHORT --profile --reps 3 --warmup 1 $S
+step e3 35 "block ops and one 8B block: eager, torch.compile, Triton; checkpoint policies" \
     $PY benchmarks/bench_block.py --min-run-time 0.3 $S
-step e4 30 "log-probs (SPEC shapes), kept-logits budgets (no compile anchors)" \
+step e4 25 "log-probs (SPEC shapes), kept-logits budgets (no compile anchors)" \
     $PY benchmarks/bench_logprobs.py --reps 10 --no-compile --budget-sweep $S
 
 echo

@@ -45,8 +45,10 @@ TOL_DEVICE = 0.02
 TOL_RESUME = 1e-3
 TOL_SCORE = 1e-3
 SAMPLE = os.path.join(ROOT, "examples", "muce_sample.jsonl")
-# The README's main command, shortened to 4 steps (warm-up 1, so that the weights move) and validated at the end
-MAIN = ["--data", SAMPLE, "--max-steps", "4", "--warmup-steps", "1", "--eval-every", "0", "--save-every", "2"]
+# The README's main command, shortened to 4 steps (warm-up 1, so that the weights move) and validated at the end;
+# only the run that is stopped and resumed saves a training state (at step 2)
+MAIN = ["--data", SAMPLE, "--max-steps", "4", "--warmup-steps", "1", "--eval-every", "0"]
+NO_STATE = ["--save-every", "0", "--no-final-state"]
 SMALL = ["--max-train-pairs", "8", "--max-val-pairs", "4", "--batch-size", "2", "--max-len", "64"]
 KINDS = {"full": [], "lora": ["--lora-rank", "16"]}
 
@@ -109,7 +111,8 @@ def check_train(args, tmp, device):
         runs = {}
         for side, dev in (("cpu", "cpu"), ("device", device)):
             out = os.path.join(tmp, f"{kind}_{side}")
-            train_run(base + extra + ["--device", dev, "--score-cache", os.path.join(tmp, f"cache_{side}")], out)
+            train_run(base + extra + NO_STATE + ["--device", dev, "--score-cache", os.path.join(tmp, f"cache_{side}")],
+                      out)
             runs[side] = out
         cpu_train, cpu_val = read_metrics(runs["cpu"])
         dev_train, dev_val = read_metrics(runs["device"])
@@ -122,8 +125,8 @@ def check_train(args, tmp, device):
 
         resumed = os.path.join(tmp, f"{kind}_resumed")
         dev_argv = base + extra + ["--device", device, "--score-cache", os.path.join(tmp, "cache_device")]
-        train_run(dev_argv, resumed, stop_after_first_save=True)
-        train_run(dev_argv + ["--resume"], resumed)
+        train_run(dev_argv + ["--save-every", "2"], resumed, stop_after_first_save=True)
+        train_run(dev_argv + ["--resume"] + NO_STATE, resumed)
         res_train, res_val = read_metrics(resumed)
         wa = load_file(os.path.join(runs["device"], "model.safetensors"))
         wb = load_file(os.path.join(resumed, "model.safetensors"))

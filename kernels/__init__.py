@@ -18,7 +18,8 @@ The block's elementwise ops, each differentiable, each one Triton kernel forward
 On CUDA they run kernels/torch_block.py, the eager formulas model.py always used (bit for bit), until a GPU
 run verifies the Triton kernels: those are opt-in (crpo.py --kernels triton, or KERNELS_BLOCK_PATH=triton
 for a whole process). The choice, and the evidence behind each default, sit in kernels/dispatch.py. Off
-CUDA, inside torch.compile and within `torch_block_path()` the block ops always run torch_block.py.
+CUDA (bar Triton's interpreter, below), inside torch.compile and within `torch_block_path()` the block ops
+always run torch_block.py.
 
 Checkpointing: `checkpoint_context_fn(policy, budget_bytes)` (kernels/checkpoint_policy.py) keeps the
 matmul outputs of a checkpointed block within a budget and recomputes only the elementwise work.
