@@ -101,7 +101,8 @@ def test_crpo_kernels_flag_sets_the_choice_and_logs_it_on_cuda():
     kernels.select_block_path(None, "cuda", lines.append)
     assert dispatch.block_path("cuda") == dispatch.VERIFIED["block"]["path"]
     assert f"block ops {dispatch.VERIFIED['block']['path']} (the default" in lines[1]
-    assert "log-probs triton (verified 2026-11-27 on NVIDIA H200)" in lines[1]
+    lp = dispatch.VERIFIED["logprobs"]
+    assert f"log-probs triton (verified {lp['date']} on {lp['card']})" in lines[1]
     kernels.select_block_path("torch", "cpu", lines.append)  # nothing to say on the CPU
     assert len(lines) == 2 and dispatch.chosen_block_path() == "torch"
     with pytest.raises(SystemExit):
