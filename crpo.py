@@ -31,6 +31,7 @@ import data
 import distributed
 import checkpoint
 import encoder as sentence_encoder
+import kernels
 import model
 import outputs
 import pairs
@@ -198,6 +199,7 @@ def parse_args(argv=None):
     a("--checkpoint-policy", choices=("full", "save-matmuls"), default="full", help="with --grad-checkpointing: "
       "recompute everything, or keep the big matmul outputs (within --checkpoint-budget-mib per block)")
     a("--checkpoint-budget-mib", type=float, default=None, help="save-matmuls: MiB one block keeps (default: all)")
+    a("--kernels", choices=kernels.PATHS, default=None, help=kernels.dispatch.FLAG_HELP)
     a("--precompute-ref", action="store_true", help="compute all reference log-probs once up front")
     a("--eval-every", type=int, default=50, help="validate every N steps (and at the end; 0 = end only)")
     a("--save-every", type=int, default=100, help="save the training state every N steps (and at the end)")
@@ -331,8 +333,8 @@ def prepare(run, ref_model, log):
     if run.lora:
         targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
         model.add_lora(policy, rank=args.lora_rank, alpha=args.lora_alpha, targets=targets, dropout=args.lora_dropout)
-        for p in policy.parameters():  # the adapters train in float32 whatever the frozen base's dtype
-            if p.requires_grad:
+        for p in policy.parameters():  # float32 adapters under bf16 autocast; --dtype bfloat16: all bf16, no autocast
+            if p.requires_grad and args.dtype != "bfloat16":
                 p.data = p.data.float()
     elif ref_model is None and not run.sft:
         ref_model = copy.deepcopy(policy)
@@ -480,6 +482,7 @@ def train(args, progress=None):
     device = distributed.pick_device(args.device)
     rank, world = distributed.init_distributed(device)
     log = print if rank == 0 else (lambda *a, **k: None)
+    kernels.select_block_path(args.kernels, device.type, log)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

@@ -527,9 +527,9 @@ def main(argv=None):
         print(report.summary())
         reference = read_reference(args.reference, args.skip_bad_rows) if args.reference else None
         lm = tokenizer = encoder = None
-        if args.model:
+        if args.model or args.device != "cpu":  # the defaults too: the scorers would load them on the CPU
             lm, tokenizer = checkpoint.load(args.model, device=args.device)
-        if args.encoder:
+        if args.encoder or args.device != "cpu":
             encoder = sentence_encoder.load_encoder(args.encoder, device=args.device)
         kw = dict(model=lm, tokenizer=tokenizer, encoder=encoder, cache_dir=args.cache_dir, reference=reference,
                   batch_size=args.batch_size, source=args.data, normalize=args.normalize, **options)

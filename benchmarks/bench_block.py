@@ -3,6 +3,7 @@ torch.compile, and our Triton kernels (kernels/), after checking the kernels aga
 
     python benchmarks/bench_block.py            # CUDA: Llama-3.1-8B block shape, bf16, 16 sequences x 512 tokens
     python benchmarks/bench_block.py --small    # tiny shapes (CPU smoke test: eager rows only)
+    python benchmarks/bench_block.py --check-only   # only the Triton ops' values and gradients against float64
 
 Table 1, per op (the shapes of one 8B block at N = batch x seq tokens): RMSNorm with the residual add
 [N, 4096], RoPE on q [B, 32, T, 128] and k [B, 8, T, 128], SwiGLU [N, 14336], LoRA scale-and-add
@@ -16,7 +17,6 @@ also with checkpoint policy "save-matmuls" (kernels/checkpoint_policy.py) at the
 "compile s" is the first call's time (torch.compile compiles then).
 """
 import argparse
-import contextlib
 import datetime
 import os
 import sys
@@ -83,6 +83,14 @@ def fmt(x, spec=".2f"):
     return "-" if x is None else format(x, spec)
 
 
+def on_triton(fn):
+    """fn with the block ops on the Triton kernels (opt-in in crpo.py: kernels/dispatch.py)."""
+    def run(*args):
+        with kernels.triton_block_path():
+            return fn(*args)
+    return run
+
+
 # ---------------------------------------------------------------- table 1: ops
 
 def op_cases(cfg, batch, seq, device, dtype, gen):
@@ -100,16 +108,16 @@ def op_cases(cfg, batch, seq, device, dtype, gen):
     k = rand(batch, seq, cfg["n_kv_heads"], hd).detach().transpose(1, 2).requires_grad_(True)
     return {
         f"RMSNorm + residual [{n}, {d}]": (lambda x, r, w: torch_block.rms_norm(x, w, 1e-5, r),
-                                           lambda x, r, w: kernels.rms_norm(x, w, 1e-5, r),
+                                           on_triton(lambda x, r, w: kernels.rms_norm(x, w, 1e-5, r)),
                                            (rand(n, d), rand(n, d), rand(d, grad=False)),
                                            (rand(n, d, grad=False), rand(n, d, grad=False))),
         f"RoPE q {tuple(q.shape)}, k {tuple(k.shape)}": (lambda q, k: torch_block.rope(q, k, cos, sin),
-                                                          lambda q, k: kernels.rope(q, k, cos, sin), (q, k),
+                                                          on_triton(lambda q, k: kernels.rope(q, k, cos, sin)), (q, k),
                                                           (rand(*q.shape, grad=False), rand(*k.shape, grad=False))),
-        f"SwiGLU [{n}, {h}]": (torch_block.swiglu, kernels.swiglu, (rand(n, h, scale=3.0), rand(n, h)),
+        f"SwiGLU [{n}, {h}]": (torch_block.swiglu, on_triton(kernels.swiglu), (rand(n, h, scale=3.0), rand(n, h)),
                                (rand(n, h, grad=False),)),
         f"LoRA scale-add [{n}, {h}]": (lambda a, b: torch_block.lora_add(a, b, 2.0),
-                                       lambda a, b: kernels.lora_add(a, b, 2.0), (rand(n, h), rand(n, h)),
+                                       on_triton(lambda a, b: kernels.lora_add(a, b, 2.0)), (rand(n, h), rand(n, h)),
                                        (rand(n, h, grad=False),)),
     }
 
@@ -218,7 +226,7 @@ def bench_block(cfg, args, device, dtype):
     print("|---|---:|---:|---:|---:|")
     for name, module, torch_only, policy, budget, min_k in rows:
         def step():
-            with kernels.torch_block_path() if torch_only else contextlib.nullcontext():
+            with kernels.torch_block_path() if torch_only else kernels.triton_block_path():
                 return block_step(module, lora, cos, sin, x, g, policy, budget, min_k)
         try:
             t0 = time.perf_counter()
@@ -247,6 +255,7 @@ def main(argv=None):
     p.add_argument("--budgets-mib", type=int, nargs="*", default=[-1, 256, 64],
                    help="save-matmuls budgets per block in MiB (-1: no limit)")
     p.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timed runs per row")
+    p.add_argument("--check-only", action="store_true", help="only check the Triton ops against float64")
     p.add_argument("--skip-ops", action="store_true")
     p.add_argument("--skip-block", action="store_true")
     p.add_argument("--device", default=None)
@@ -272,6 +281,11 @@ def main(argv=None):
         if (device.type == "cuda" or INTERPRETED) and not check_triton_ops(cases, references):
             print("correctness check FAILED: the Triton kernels disagree with float64 beyond rounding; no timings")
             sys.exit(1)
+        if args.check_only:
+            checked = device.type == "cuda" or INTERPRETED
+            print(f"result: the {len(cases)} Triton ops fwd+bwd within tolerance of float64 ({dtype})" if checked
+                  else "result: no CUDA and no TRITON_INTERPRET=1: the Triton ops were not checked")
+            return
         bench_ops(cases, references, args, device)
     if not args.skip_block:
         bench_block(cfg, args, device, dtype)

@@ -14,7 +14,9 @@ only response tokens count in the log-probabilities.
 Rows:
 - ours: crpo.py's own step, `crpo.train_step` on a run set up by `crpo.prepare` (what `python crpo.py` runs:
   on CUDA a bf16 base with float32 LoRA adapters under bf16 autocast; batches collated from token ids each
-  step), with the fused block kernels on CUDA;
+  step), with the block ops on crpo.py's CUDA default (kernels/dispatch.py: the PyTorch formulas until a GPU
+  run verifies the Triton kernels; $KERNELS_BLOCK_PATH overrides it for this row);
+- ours, Triton block kernels: the same with the fused block kernels (crpo.py --kernels triton);
 - ours, blocks under torch.compile: the same with each transformer block compiled (PyTorch block path);
 - transformers + peft: full logits, log_softmax in float32, gather (what DPO trainers do);
 - transformers + peft + Liger: Liger's RMSNorm, RoPE and SwiGLU kernels patched into Llama and its fused
@@ -40,10 +42,12 @@ import torch  # noqa: E402
 import numpy as np  # noqa: E402
 
 import crpo  # noqa: E402
+import kernels  # noqa: E402
 import model as modeling  # noqa: E402
 import pairs  # noqa: E402
 
 GIB = 2**30
+ROWS = ("ours", "ours-triton", "compiled", "hf", "liger")  # --which
 LORA_TARGETS = modeling.LORA_TARGETS
 LLAMA_31_8B = dict(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
                    hidden_dim=14336, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=131072, tie_embeddings=False,
@@ -269,12 +273,15 @@ def main(argv=None):
     p.add_argument("--alpha", type=float)
     p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--which", choices=["all", "ours", "compiled", "hf", "liger"], default="all")
+    p.add_argument("--which", default="all", help="all, or a comma-separated list of " + ", ".join(ROWS))
     p.add_argument("--profile", action="store_true", help="CUDA kernel time of our step by kind")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
+    which = set(ROWS) if args.which == "all" else set(args.which.split(","))
+    if which - set(ROWS):
+        p.error(f"--which: unknown {', '.join(sorted(which - set(ROWS)))} (choose from all, {', '.join(ROWS)})")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     small = (2, 64, 16, 8) if args.small else (8, 512, 128, 128)
     args.pairs = args.pairs or small[0]
@@ -292,14 +299,19 @@ def main(argv=None):
           f"median of {args.reps} steps after {args.warmup} warm-ups\n")
     print("| variant | median ms / step | peak GiB | tokens/s | loss |")
     print("|---|---:|---:|---:|---:|")
-    if args.which in ("all", "ours"):
-        bench("ours (crpo.train_step)", build_ours, cfg, args, device, dtype, profile=args.profile)
-    if args.which in ("all", "compiled") and device.type == "cuda":
+    if "ours" in which:
+        bench(f"ours (crpo.train_step; block ops: {kernels.chosen_block_path()})", build_ours, cfg, args, device,
+              dtype, profile=args.profile)
+    if "ours-triton" in which and (device.type == "cuda" or args.which != "all"):
+        with kernels.triton_block_path():  # what crpo.py --kernels triton sets
+            bench("ours, Triton block kernels (--kernels triton)", build_ours, cfg, args, device, dtype,
+                  profile=args.profile)
+    if "compiled" in which and device.type == "cuda":
         bench("ours, blocks under torch.compile", lambda *a: build_ours(*a, compile_blocks=True), cfg, args, device,
               dtype)
-    if args.which in ("all", "hf"):
+    if "hf" in which:
         bench("transformers + peft", build_hf, cfg, args, device, dtype)
-    if args.which in ("all", "liger") and device.type == "cuda":
+    if "liger" in which and device.type == "cuda":
         bench("transformers + peft + Liger (kernels, fused linear DPO loss)", build_liger, cfg, args, device, dtype)
 
 

@@ -15,18 +15,20 @@ The block's elementwise ops, each differentiable, each one Triton kernel forward
 - `rope(q, k, cos, sin)`: q [B, Hq, T, d], k [B, Hk, T, d] rotated pairwise (x_i, x_{i+d/2}) by p theta_i.
 - `swiglu(gate, up)`: silu(gate) * up.
 - `lora_add(base_out, lora_out, scale)`: base_out + scale * lora_out.
-Off CUDA (and inside torch.compile, within `torch_block_path()`, and in a process started with the
-environment variable KERNELS_BLOCK_PATH=torch) they run kernels/torch_block.py, the eager formulas
-model.py always used, bit for bit.
+On CUDA they run kernels/torch_block.py, the eager formulas model.py always used (bit for bit), until a GPU
+run verifies the Triton kernels: those are opt-in (crpo.py --kernels triton, or KERNELS_BLOCK_PATH=triton
+for a whole process). The choice, and the evidence behind each default, sit in kernels/dispatch.py. Off
+CUDA (bar Triton's interpreter, below), inside torch.compile and within `torch_block_path()` the block ops
+always run torch_block.py.
 
 Checkpointing: `checkpoint_context_fn(policy, budget_bytes)` (kernels/checkpoint_policy.py) keeps the
 matmul outputs of a checkpointed block within a budget and recomputes only the elementwise work.
 
-Dispatch: the Triton kernels (kernels/triton_logprobs.py, triton_rmsnorm.py, triton_rope.py,
-triton_swiglu.py, triton_lora_add.py) when the tensors are on CUDA, or when the
-environment variable TRITON_INTERPRET=1 is set (then they run on CPU tensors in Triton's interpreter:
-that is how CI tests them); the PyTorch path (kernels/torch_path.py, torch_block.py) otherwise, or when triton is not
-importable.
+Dispatch (kernels/dispatch.py decides): the Triton log-prob kernels (kernels/triton_logprobs.py) when the
+tensors are on CUDA, or when the environment variable TRITON_INTERPRET=1 is set (then they run on CPU
+tensors in Triton's interpreter: that is how CI tests them); the Triton block kernels (triton_rmsnorm.py,
+triton_rope.py, triton_swiglu.py, triton_lora_add.py) in the same places when chosen; the PyTorch path
+(kernels/torch_path.py, torch_block.py) otherwise, or when triton is not importable.
 
 Memory: chunk sizes follow `MEMORY_BUDGET` (bytes of one chunk of logits) in kernels/triton_logprobs.py
 (512 MiB, in the input dtype) and kernels/torch_path.py (128 MiB of float32); set them to trade memory for
@@ -37,14 +39,13 @@ import os
 
 import torch
 
-from . import torch_block, torch_path
+from . import dispatch, torch_block, torch_path
 from .checkpoint_policy import POLICIES as CHECKPOINT_POLICIES, checkpoint_context_fn  # noqa: F401 (public)
+from .dispatch import (PATHS, VERIFIED, block_path_override, chosen_block_path,  # noqa: F401 (public)
+                       select_block_path, set_block_path)
 
 _triton_module = None
 _block_modules = None
-_block_torch_only = False  # set within torch_block_path()
-# "torch": the block ops never take the Triton path (A/B runs of whole programs, e.g. benchmarks/bench_step.py)
-BLOCK_PATH = os.environ.get("KERNELS_BLOCK_PATH", "auto")
 
 
 def triton_available():
@@ -59,11 +60,19 @@ def triton_available():
     return _triton_module is not False
 
 
+def _device_type(tensors):
+    """The tensors' common device type ("cuda", "cpu", ...), or "mixed"."""
+    types = {t.device.type for t in tensors}
+    return types.pop() if len(types) == 1 else "mixed"
+
+
+def _interpret():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def use_triton(*tensors):
-    """The Triton path runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1."""
-    on_cuda = all(t.is_cuda for t in tensors)
-    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1" and not any(t.is_cuda for t in tensors)
-    return (on_cuda or interpret) and triton_available()
+    """The log-prob kernels take the Triton path on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1."""
+    return dispatch.logprobs_path(_device_type(tensors), _interpret()) == "triton" and triton_available()
 
 
 def logprobs(logits, labels, ignore_index=-100, *, inplace_backward=False):
@@ -126,24 +135,22 @@ def block_kernels():
 
 
 def use_triton_block(*tensors):
-    """The block ops take the Triton path where use_triton() would, except inside torch.compile (which
-    fuses the PyTorch path itself), within torch_block_path() and when BLOCK_PATH is "torch"."""
-    if _block_torch_only or BLOCK_PATH == "torch" or torch.compiler.is_compiling():  # compile never traces the rest
+    """The block ops take the Triton path where dispatch.block_path() says so (CUDA, or the interpreter, and
+    the Triton kernels chosen), except inside torch.compile (which fuses the PyTorch path itself)."""
+    if torch.compiler.is_compiling():  # compile never traces the rest
         return False
-    on_device = all(t.is_cuda for t in tensors) or (
-        os.environ.get("TRITON_INTERPRET", "0") == "1" and not any(t.is_cuda for t in tensors))
-    return on_device and block_kernels() is not None
+    return (dispatch.block_path(_device_type(tensors), interpret=_interpret()) == "triton"
+            and block_kernels() is not None)
 
 
-@contextlib.contextmanager
 def torch_block_path():
     """Within this context the block ops run the PyTorch path even on CUDA (baselines, torch.compile rows)."""
-    global _block_torch_only
-    before, _block_torch_only = _block_torch_only, True
-    try:
-        yield
-    finally:
-        _block_torch_only = before
+    return block_path_override("torch")
+
+
+def triton_block_path():
+    """Within this context the block ops run the Triton kernels where they can (CUDA, the interpreter)."""
+    return block_path_override("triton")
 
 
 def rms_norm(x, weight, eps, residual=None):

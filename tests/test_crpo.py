@@ -685,3 +685,13 @@ def test_resume_on_cuda_equals_uninterrupted_run(kind, tiny, ratings, tmp_path, 
     assert all(torch.allclose(wa[k].float(), wb[k].float(), rtol=0, atol=1e-3) for k in wa)
     assert [r["loss"] for r in read_metrics(str(tmp_path / "b"))] == pytest.approx(
         [r["loss"] for r in read_metrics(str(tmp_path / "a"))], rel=1e-3)
+
+
+def test_bf16_weights_with_lora_train(tiny, ratings, tmp_path):
+    """--dtype bfloat16 --lora-rank: every weight in bf16, the adapters too (no autocast then; float32 adapters on a
+    bf16 base stopped the first LoRA layer with a dtype error, on the CPU and on CUDA alike)."""
+    assert crpo.main(argv(ratings, tiny, tmp_path, "--max-steps", "2", "--lora-rank", "4", "--dtype", "bfloat16")) == 0
+    state = torch.load(tmp_path / outputs.STATE_FILE, weights_only=True)
+    assert state["weights"] and all(v.dtype == torch.bfloat16 for v in state["weights"].values())
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(str(tmp_path)))

@@ -328,7 +328,8 @@ def tri():
     modules = kernels.block_kernels()
     assert modules is not None
     assert type(modules["rms_norm"]._rmsnorm_fwd_kernel).__name__ == "InterpretedFunction"
-    return modules
+    with kernels.triton_block_path():  # opt-in (kernels/dispatch.py): the interpreter runs what CUDA would then
+        yield modules
 
 
 def test_triton_block_tests_in_interpreter_subprocess():
@@ -393,8 +394,9 @@ def test_triton_torch_block_path_context_and_switch(tri, monkeypatch):
         assert not kernels.use_triton_block(a, b)
         assert torch.equal(kernels.swiglu(a, b), torch_block.swiglu(a, b))
     assert kernels.use_triton_block(a, b)
-    monkeypatch.setattr(kernels, "BLOCK_PATH", "torch")  # what KERNELS_BLOCK_PATH=torch sets at import
-    assert not kernels.use_triton_block(a, b)
+    with kernels.block_path_override("torch"):
+        assert not kernels.use_triton_block(a, b)
+    assert kernels.use_triton_block(a, b)
 
 
 def test_triton_model_matches_torch_path(tri):
@@ -423,6 +425,12 @@ def test_triton_model_matches_torch_path(tri):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_block_kernels_against_float64(dtype):
+    with kernels.triton_block_path():  # opt-in until a GPU run verifies them (kernels/dispatch.py)
+        check_cuda_block_kernels_against_float64(dtype)
+
+
+def check_cuda_block_kernels_against_float64(dtype):
+    assert kernels.use_triton_block(torch.ones(1, device="cuda"))
     tol, grad_tol = (2e-6, 4e-5) if dtype == torch.float32 else (1e-2, 2e-2)  # bf16: one or two roundings
     gen = torch.Generator().manual_seed(0)
     shape = (3, 129, 4096)
@@ -467,7 +475,7 @@ def test_cuda_model_fused_matches_torch_path(dtype):
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "autocast")
     for policy in ("full", "save-matmuls"):
         m.checkpoint_policy = policy
-        with autocast:
+        with autocast, kernels.triton_block_path():
             out = m.hidden(ids)
             grads = torch.autograd.grad(out, params, g.to(out.dtype))
             with kernels.torch_block_path():

@@ -487,3 +487,33 @@ def test_fit_command_writes_a_scorer_whose_card_lists_the_training_prompts(tmp_p
     assert card["cv"]["folds"] == 3 and "trained_on" in card
     printed = capsys.readouterr().out
     assert "Spearman" in printed or "spearman" in printed
+
+
+def test_cli_device_loads_the_default_models_there(tmp_path, monkeypatch):
+    """--device cuda without --model/--encoder: the embedded defaults load on that device (the scorers' own lazy
+    loads would put them on the CPU). Recorded through stand-in loaders, so no GPU is needed."""
+    loads = []
+
+    def fake_lm(path=None, *, device="cpu", dtype=None):
+        loads.append(("lm", path, device))
+        return object(), object()
+
+    def fake_encoder(path=None, *, device="cpu"):
+        loads.append(("encoder", path, device))
+        raise modeling.ModelError("stop here")  # main() prints it and returns 1: nothing is scored
+
+    monkeypatch.setattr(score.checkpoint, "load", fake_lm)
+    monkeypatch.setattr(score.sentence_encoder, "load_encoder", fake_encoder)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "p", "response": "r", "score": 1.0}) + "\n")
+    argv = ["--data", str(rows), "--out", str(tmp_path / "out.jsonl")]
+    assert score.main(argv + ["--device", "cuda"]) == 1
+    assert loads == [("lm", None, "cuda"), ("encoder", None, "cuda")]
+    loads.clear()
+
+    def stop(*args, **kw):
+        raise modeling.ModelError("stop here")
+
+    monkeypatch.setattr(score, "score_rows", stop)  # on the CPU the scorers load what they need, when they need it
+    assert score.main(argv) == 1
+    assert loads == []
