@@ -154,7 +154,8 @@ def tokenize_splits(train_pairs, val_pairs, tokenizer, lambdas, args, log):
     """{"train": Split, "val": Split}; pairs that truncation leaves without a response are dropped (counted)."""
     splits = {}
     for name, ps in (("train", train_pairs), ("val", val_pairs)):
-        items, tok_stats = tokenize_pairs(ps, tokenizer, max_len=args.max_len) if ps else ([], None)
+        items, tok_stats = (tokenize_pairs(ps, tokenizer, max_len=args.max_len, keep_identical=args.objective == "sft")
+                            if ps else ([], None))
         if args.objective == "sft":
             for it in items:
                 del it["rejected_ids"], it["rejected_start"]

@@ -1,0 +1,165 @@
+"""Prompts as conversations, and the one definition of "the same prompt".
+
+    prompt = as_prompt([{"role": "system", ...}, {"role": "user", ...}])   # -> Conversation (a str)
+    prompt.messages                                                          # the turns, as given
+    prompt_key(prompt)                                                       # what rows are grouped by
+
+A prompt is either plain text (one user turn) or a Conversation: a str whose value is a readable flat
+rendering ("System: ...\n\nUser: ...") that the scorers, grouping and logs use, and whose .messages the
+tokenizer renders with the model's own chat format. A conversation of a single user turn is plain text, so
+`[{"role": "user", "content": "X"}]` and `"X"` are the same prompt. A prompt written as an already rendered
+chat transcript (ChatML, Llama-3, Mistral or Gemma markup at its start) is parsed into its turns, so it is
+rendered once, in the model's format, and never wrapped twice; one that does not parse is refused.
+Errors are PromptError with a one-line reason; data.py adds the file and line.
+"""
+import re
+import unicodedata
+
+ROLES = ("system", "user", "assistant")
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be rendered: the message says what is wrong and what to give instead."""
+
+
+def prompt_key(prompt):
+    """The identity of a prompt: NFC-normalised text with whitespace runs collapsed to one space and the ends
+    stripped. Two rows are answers to the same prompt iff their keys are equal (pairing, duplicate merging,
+    splits, score groups, originality populations, eval all group by this)."""
+    return " ".join(unicodedata.normalize("NFC", str(prompt)).split())
+
+
+class Conversation(str):
+    """A prompt of several turns: str(self) is the flat rendering, self.messages the turns
+    ((role, content) tuples: an optional system turn, then user/assistant alternating, ending with user)."""
+
+    def __new__(cls, messages):
+        messages = tuple((m[0], m[1]) for m in messages)
+        flat = "\n\n".join(f"{role.capitalize()}: {content}" for role, content in messages)
+        self = super().__new__(cls, flat)
+        self.messages = messages
+        return self
+
+    def __reduce__(self):  # pickling and deepcopy keep the turns
+        return (Conversation, (self.messages,))
+
+
+def _content(m, i):
+    content = m.get("content")
+    if isinstance(content, list):  # [{"type": "text", "text": ...}] parts (the multimodal message layout)
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+            raise PromptError(f"message {i} has content parts other than {{\"type\": \"text\", \"text\": str}}")
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise PromptError(f"message {i} must be {{\"role\": str, \"content\": str}}")
+    return content
+
+
+def messages_of(value, what="prompt"):
+    """[(role, content)] of a list of chat messages, checked: roles system/user/assistant, system only first,
+    then user and assistant alternating from user, no empty content. Raises PromptError."""
+    if not value:
+        raise PromptError(f"{what} is an empty list of messages")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise PromptError(f"{what} message {i} must be {{\"role\": str, \"content\": str}}")
+        role = m["role"]
+        if role not in ROLES:
+            raise PromptError(f"{what} message {i} has role {role!r} (supported: {', '.join(ROLES)})")
+        content = _content(m, i)
+        if not content.strip():
+            raise PromptError(f"{what} message {i} ({role}) is empty")
+        out.append((role, content))
+    turns = out[1:] if out[0][0] == "system" else out
+    for i, (role, _) in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if role != expected:
+            where = len(out) - len(turns) + i
+            raise PromptError(f"{what} message {where} is {role!r} where {expected!r} was expected (a system message "
+                              "may only come first; then user and assistant turns alternate, starting with user)")
+    return out
+
+
+def as_prompt(value, what="prompt"):
+    """A prompt from a row's field: text (a rendered transcript is parsed into its turns) or a message list
+    ending with a user turn. One user turn alone gives its text. Raises PromptError."""
+    if isinstance(value, str):
+        parsed = parse_transcript(value)
+        if parsed is None:
+            return value
+        messages = parsed
+    else:
+        messages = messages_of(value, what)
+    if messages[-1][0] != "user":
+        raise PromptError(f"{what} ends with an {messages[-1][0]} turn; a prompt must end with a user turn")
+    return messages[0][1] if len(messages) == 1 else Conversation(messages)
+
+
+# ----------------------------------------------------------------------------- rendered transcripts
+
+# Each chat format's turn markup: (what a transcript starts with, one turn, the open assistant header at the end).
+TRANSCRIPTS = {
+    "ChatML": (r"<\|im_start\|>", r"<\|im_start\|>(system|user|assistant)\n(.*?)<\|im_end\|>\n?",
+               r"<\|im_start\|>assistant\n?"),
+    "Llama-3": (r"(?:<\|begin_of_text\|>)?<\|start_header_id\|>",
+                r"<\|start_header_id\|>(system|user|assistant)<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>",
+                r"<\|start_header_id\|>assistant<\|end_header_id\|>(?:\n\n)?"),
+    "Gemma": (r"(?:<bos>)?<start_of_turn>", r"<start_of_turn>(user|model)\n(.*?)<end_of_turn>\n?",
+              r"<start_of_turn>model\n?"),
+}
+_MISTRAL = re.compile(r"\s*(?:<s>)?\s*\[INST\]")
+
+
+def parse_transcript(text):
+    """[(role, content)] when text (leading whitespace ignored) starts with a chat format's turn markup and
+    parses as whole turns, optionally closed by the assistant header; None when it does not start with
+    markup (ordinary text, even with markup strings inside); PromptError when it starts so but does not parse."""
+    body = text.lstrip()
+    for name, (start, turn, header) in TRANSCRIPTS.items():
+        if not re.match(start, body):
+            continue
+        pos = re.match(r"(?:<\|begin_of_text\|>|<bos>)?", body).end()
+        messages = []
+        while pos < len(body):
+            m = re.compile(turn, re.S).match(body, pos)
+            if m is None:
+                tail = re.compile(header + r"\s*$").match(body, pos)
+                if tail is None:
+                    raise PromptError(f"the prompt starts like a rendered {name} chat transcript but does not parse "
+                                      f"as one (at character {pos}): give plain text, or the turns as a list of "
+                                      "messages [{\"role\", \"content\"}]")
+                break
+            role = "assistant" if m.group(1) == "model" else m.group(1)
+            messages.append({"role": role, "content": m.group(2)})
+            pos = m.end()
+        return messages_of(messages, f"the {name} transcript in the prompt")
+    if _MISTRAL.match(text):
+        return _parse_mistral(text)
+    return None
+
+
+def _parse_mistral(text):
+    """[INST] user [/INST] answer</s>[INST] user [/INST] -> turns."""
+    parts = re.split(r"\[INST\]|\[/INST\]", re.sub(r"^\s*(?:<s>)?", "", text))
+    if len(parts) % 2 == 0 or parts[0].strip() or len(parts) < 3:
+        raise PromptError("the prompt starts like a rendered Mistral transcript ([INST] ... [/INST]) but does not "
+                          "parse as one: give plain text, or the turns as a list of messages [{\"role\", \"content\"}]")
+    messages = []
+    for i in range(1, len(parts), 2):
+        messages.append({"role": "user", "content": parts[i].strip()})
+        answer = re.sub(r"</s>\s*$", "", parts[i + 1]).strip()
+        if answer:
+            messages.append({"role": "assistant", "content": answer})
+    return messages_of(messages, "the Mistral transcript in the prompt")
+
+
+# Control-token strings of the supported chat formats: in data text they are only characters (tokenizer.py
+# encodes them so); data.py counts the rows that hold one.
+CONTROL_STRINGS = ("<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                   "<|eot_id|>", "<|end_of_text|>", "<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "[INST]",
+                   "[/INST]", "</s>", "<|endoftext|>")
+
+
+def has_control_string(text):
+    return any(s in text for s in CONTROL_STRINGS)
