@@ -44,20 +44,21 @@ class Conversation(str):
         return (Conversation, (self.messages,))
 
 
-def _content(m, i):
+def _content(m, i, what):
     content = m.get("content")
     if isinstance(content, list):  # [{"type": "text", "text": ...}] parts (the multimodal message layout)
         if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-            raise PromptError(f"message {i} has content parts other than {{\"type\": \"text\", \"text\": str}}")
+            raise PromptError(f"{what} message {i} has content parts other than {{\"type\": \"text\", \"text\": str}}")
         content = "".join(p["text"] for p in content)
     if not isinstance(content, str):
-        raise PromptError(f"message {i} must be {{\"role\": str, \"content\": str}}")
+        raise PromptError(f"{what} message {i} must be {{\"role\": str, \"content\": str}}")
     return content
 
 
-def messages_of(value, what="prompt"):
+def messages_of(value, what="prompt", start="user"):
     """[(role, content)] of a list of chat messages, checked: roles system/user/assistant, system only first,
-    then user and assistant alternating from user, no empty content. Raises PromptError."""
+    then user and assistant alternating from `start` (a completion starts with assistant), no empty content.
+    Raises PromptError."""
     if not value:
         raise PromptError(f"{what} is an empty list of messages")
     out = []
@@ -67,13 +68,13 @@ def messages_of(value, what="prompt"):
         role = m["role"]
         if role not in ROLES:
             raise PromptError(f"{what} message {i} has role {role!r} (supported: {', '.join(ROLES)})")
-        content = _content(m, i)
+        content = _content(m, i, what)
         if not content.strip():
             raise PromptError(f"{what} message {i} ({role}) is empty")
         out.append((role, content))
     turns = out[1:] if out[0][0] == "system" else out
     for i, (role, _) in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
+        expected = ("user", "assistant")[(i + (start == "assistant")) % 2]
         if role != expected:
             where = len(out) - len(turns) + i
             raise PromptError(f"{what} message {where} is {role!r} where {expected!r} was expected (a system message "
@@ -92,7 +93,8 @@ def as_prompt(value, what="prompt"):
     else:
         messages = messages_of(value, what)
     if messages[-1][0] != "user":
-        raise PromptError(f"{what} ends with an {messages[-1][0]} turn; a prompt must end with a user turn")
+        raise PromptError(f"{what} ends with a{'n' if messages[-1][0] == 'assistant' else ''} {messages[-1][0]} turn; "
+                          "a prompt must end with a user turn")
     return messages[0][1] if len(messages) == 1 else Conversation(messages)
 
 

@@ -148,9 +148,9 @@ def _prompt(value, name="prompt"):
         raise _BadRow("unrenderable conversation", str(e)) from None
 
 
-def _messages(value, name):
+def _messages(value, name, start="user"):
     try:
-        return messages_of(value, f"field '{name}'") if value else []
+        return messages_of(value, f"field '{name}'", start) if value else []
     except PromptError as e:
         raise _BadRow("unrenderable conversation", str(e)) from None
 
@@ -172,8 +172,7 @@ def _response(value, name, prompt_turns):
     if not isinstance(value, list):
         raise _BadRow("wrong type", f"field '{name}' must be a string or a list of chat messages, got {_json_type(value)}")
     if value and isinstance(value[0], dict) and value[0].get("role") == "assistant":
-        return _completion(_messages([{"role": r, "content": c} for r, c in prompt_turns] + value, name)[len(prompt_turns):],
-                           name)
+        return _completion(_messages(value, name, start="assistant"), name)
     messages = _messages(value, name)
     if messages[:len(prompt_turns)] != prompt_turns:
         raise _BadRow("unrenderable conversation", f"field '{name}' is a conversation that does not start with the "
