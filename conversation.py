@@ -98,6 +98,44 @@ def as_prompt(value, what="prompt"):
     return messages[0][1] if len(messages) == 1 else Conversation(messages)
 
 
+def turns(prompt):
+    """[(role, content)] of a prompt: a Conversation's turns, or text as one user turn."""
+    return list(prompt.messages) if isinstance(prompt, Conversation) else [("user", prompt)]
+
+
+def _one_answer(messages, what):
+    if len(messages) != 1 or messages[0][0] != "assistant":
+        roles = ", ".join(r for r, _ in messages) or "nothing"
+        raise PromptError(f"{what} must end in exactly one assistant message after the prompt, got {roles}")
+    return messages[0][1]
+
+
+def completion_text(value, prompt, what="chosen"):
+    """The answer in a response given as messages: [one assistant message], or the whole conversation, the
+    prompt's turns then one assistant message (UltraFeedback-style rows repeat the prompt so). Raises PromptError."""
+    if value and isinstance(value[0], dict) and value[0].get("role") == "assistant":
+        return _one_answer(messages_of(value, what, start="assistant"), what)
+    messages, prefix = messages_of(value, what), turns(prompt)
+    if messages[:len(prefix)] != prefix:
+        raise PromptError(f"{what} is a conversation that does not start with the prompt's turns (give the answer "
+                          "alone: [{\"role\": \"assistant\", \"content\": ...}])")
+    return _one_answer(messages[len(prefix):], what)
+
+
+def implicit_prompt(chosen, rejected):
+    """TRL's implicit-prompt layout: chosen and rejected are whole conversations; the turns they share are the
+    prompt, what follows is one assistant answer each -> (prompt, chosen text, rejected text). Raises PromptError."""
+    chosen, rejected = messages_of(chosen, "field 'chosen'"), messages_of(rejected, "field 'rejected'")
+    k = 0
+    while k < min(len(chosen), len(rejected)) - 1 and chosen[k] == rejected[k]:
+        k += 1
+    if k == 0:
+        raise PromptError("fields 'chosen' and 'rejected' share no prompt turns (the implicit-prompt layout needs the "
+                          "same turns before the answers)")
+    prompt = as_prompt([{"role": r, "content": c} for r, c in chosen[:k]], "the prompt (the turns chosen and rejected share)")
+    return prompt, _one_answer(chosen[k:], "field 'chosen'"), _one_answer(rejected[k:], "field 'rejected'")
+
+
 # ----------------------------------------------------------------------------- rendered transcripts
 
 # Each chat format's turn markup: (what a transcript starts with, one turn, the open assistant header at the end).

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import files
 import registry
-from conversation import Conversation, PromptError, as_prompt, has_control_string, messages_of, prompt_key
+from conversation import PromptError, as_prompt, completion_text, has_control_string, implicit_prompt, prompt_key
 from tokenizer import tokenize_pairs, tokens_summary
 
 RATING_FIELDS = {  # canonical name -> accepted names, first present wins
@@ -135,6 +135,14 @@ def _number(value, name, unit_range=False):
     return value
 
 
+def _conversation(fn, *args):
+    """fn(*args) of conversation.py; its PromptError is a bad row."""
+    try:
+        return fn(*args)
+    except PromptError as e:
+        raise _BadRow("unrenderable conversation", str(e)) from None
+
+
 def _prompt(value, name="prompt"):
     """A row's prompt: text, a rendered chat transcript (parsed into its turns) or a list of chat messages ending
     with a user turn (conversation.as_prompt: several turns give a Conversation, which the chat format renders)."""
@@ -142,53 +150,23 @@ def _prompt(value, name="prompt"):
         _text(value, name)
     elif not isinstance(value, list):
         raise _BadRow("wrong type", f"field '{name}' must be a string or a list of chat messages, got {_json_type(value)}")
-    try:
-        return as_prompt(value, f"field '{name}'")
-    except PromptError as e:
-        raise _BadRow("unrenderable conversation", str(e)) from None
+    return _conversation(as_prompt, value, f"field '{name}'")
 
 
-def _messages(value, name, start="user"):
-    try:
-        return messages_of(value, f"field '{name}'", start) if value else []
-    except PromptError as e:
-        raise _BadRow("unrenderable conversation", str(e)) from None
-
-
-def _completion(messages, name):
-    """The text of a completion given as messages: exactly one assistant message."""
-    if len(messages) != 1 or messages[0][0] != "assistant":
-        roles = ", ".join(r for r, _ in messages) or "nothing"
-        raise _BadRow("unrenderable conversation", f"field '{name}' must end in exactly one assistant message after "
-                                                   f"the prompt, got {roles}")
-    return _text(messages[0][1], name)
-
-
-def _response(value, name, prompt_turns):
-    """A response field: a string, [one assistant message] (checked as the turn after prompt_turns), or the whole
-    conversation, prompt turns then one assistant message (UltraFeedback-style rows repeat the prompt so)."""
-    if isinstance(value, str):
-        return _text(value, name)
-    if not isinstance(value, list):
+def _response(value, name, prompt):
+    """A response field: a string, or chat messages (conversation.completion_text: the answer after prompt)."""
+    if isinstance(value, list):
+        value = _conversation(completion_text, value, prompt, f"field '{name}'")
+    elif not isinstance(value, str):
         raise _BadRow("wrong type", f"field '{name}' must be a string or a list of chat messages, got {_json_type(value)}")
-    if value and isinstance(value[0], dict) and value[0].get("role") == "assistant":
-        return _completion(_messages(value, name, start="assistant"), name)
-    messages = _messages(value, name)
-    if messages[:len(prompt_turns)] != prompt_turns:
-        raise _BadRow("unrenderable conversation", f"field '{name}' is a conversation that does not start with the "
-                                                   "prompt's turns (give the answer alone: [{\"role\": \"assistant\", ...}])")
-    return _completion(messages[len(prompt_turns):], name)
-
-
-def _turns(prompt):
-    return list(prompt.messages) if isinstance(prompt, Conversation) else [("user", prompt)]
+    return _text(value, name)
 
 
 def _parse_rating(obj, score_columns=()):
     row = {k: v for k, v in obj.items() if not any(k in names[1:] for names in RATING_FIELDS.values())}
     row["kind"] = "rating"
     row["prompt"] = _prompt(_field(obj, "prompt", RATING_FIELDS["prompt"]))
-    row["response"] = _response(_field(obj, "response", RATING_FIELDS["response"]), "response", _turns(row["prompt"]))
+    row["response"] = _response(_field(obj, "response", RATING_FIELDS["response"]), "response", row["prompt"])
     row["score"] = _number(_field(obj, "score", RATING_FIELDS["score"]), "score")
     for name in ("task", "language", "dataset"):
         for key in RATING_FIELDS[name]:
@@ -206,20 +184,12 @@ def _parse_preference(obj, score_columns=()):
     row["kind"] = "preference"
     if obj.get("prompt") is not None:  # TRL "explicit prompt": text or messages
         row["prompt"] = _prompt(obj["prompt"])
-        turns = _turns(row["prompt"])
-        row["chosen"] = _response(_field(obj, "chosen"), "chosen", turns)
-        row["rejected"] = _response(_field(obj, "rejected"), "rejected", turns)
+        row["chosen"] = _response(_field(obj, "chosen"), "chosen", row["prompt"])
+        row["rejected"] = _response(_field(obj, "rejected"), "rejected", row["prompt"])
     elif isinstance(obj.get("chosen"), list) and isinstance(obj.get("rejected"), list):
         # TRL "implicit prompt": chosen and rejected are whole conversations; their shared turns are the prompt
-        chosen, rejected = _messages(obj["chosen"], "chosen"), _messages(obj["rejected"], "rejected")
-        k = 0
-        while k < min(len(chosen), len(rejected)) - 1 and chosen[k] == rejected[k]:
-            k += 1
-        if k == 0:
-            raise _BadRow("unrenderable conversation", "fields 'chosen' and 'rejected' share no prompt turns (the "
-                                                       "implicit-prompt layout needs the same turns before the answers)")
-        row["prompt"] = _prompt([{"role": r, "content": c} for r, c in chosen[:k]], "prompt (the shared turns)")
-        row["chosen"], row["rejected"] = _completion(chosen[k:], "chosen"), _completion(rejected[k:], "rejected")
+        row["prompt"], chosen, rejected = _conversation(implicit_prompt, obj["chosen"], obj["rejected"])
+        row["chosen"], row["rejected"] = _text(chosen, "chosen"), _text(rejected, "rejected")
     else:
         _field(obj, "prompt")
     for key in [f"{name}_{side}" for name in score_columns for side in ("chosen", "rejected")]:
