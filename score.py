@@ -154,6 +154,8 @@ class Context:
     batch_size: int = 16
     show_progress: bool = True
     arg: str | None = None  # the variant's argument (rm PATH, field NAME)
+    scorer: str | None = None  # the scorer running now, and those that used the sentence encoder
+    embedding_scorers: list = None
 
     def lm(self):
         if self.model is None:
@@ -161,6 +163,8 @@ class Context:
         return self.model, self.tokenizer
 
     def embed(self, texts, desc):
+        if self.embedding_scorers is not None and self.scorer not in self.embedding_scorers:
+            self.embedding_scorers.append(self.scorer)
         if self.encoder is None:
             self.encoder = sentence_encoder.load_encoder(None)
         return embed_texts(self.encoder, texts, cache=self.cache, desc=desc, show_progress=self.show_progress,
@@ -361,10 +365,11 @@ def score_groups(groups, dims=None, *, model=None, tokenizer=None, encoder=None,
     reference = by_prompt_key(reference) if isinstance(reference, dict) else reference
     ctx = Context(Cache(cache_dir), stats, model, tokenizer, encoder, reference, by_prompt_key(population), batch_size,
                   show_progress)
-    raw = {}
+    raw, ctx.embedding_scorers = {}, []
     for d, (variant, arg) in chosen.items():
-        ctx.arg = arg
+        ctx.arg, ctx.scorer = arg, f"{d} ({variant})"
         raw[d] = DIMENSIONS[d].scorers[variant](groups, ctx)
+    language_note(groups, ctx)
     results = []
     for i in range(len(groups)):
         res = {d: NORMALIZE[normalize](raw[d][i]) for d in dims}
@@ -372,6 +377,24 @@ def score_groups(groups, dims=None, *, model=None, tokenizer=None, encoder=None,
         results.append(res)
     stats["seconds"]["total"] = stats["seconds"].get("total", 0.0) + time.perf_counter() - t_start
     return results, stats
+
+
+_NOTED = set()  # language notes already printed in this process: each is said once
+
+
+def language_note(groups, ctx):
+    """One line, once per process, when the default (English-only) sentence encoder scored texts that are not
+    English (groups' "languages", else their script): which scorers it affects, and --score-encoder PATH."""
+    if not ctx.embedding_scorers or not getattr(ctx.encoder, "is_default", True):
+        return
+    why = sentence_encoder.not_english([r for g in groups for r in g["responses"]],
+                                       {lang for g in groups for lang in g.get("languages", ())})
+    note = (f"note: the responses are not English ({why}), but the default sentence encoder all-MiniLM-L6-v2 is "
+            f"English-only, so {', '.join(ctx.embedding_scorers)} cannot judge them well: pass a multilingual "
+            "BERT-family encoder folder with --score-encoder PATH (score.py, eval.py: --encoder PATH)") if why else None
+    if note and (why, tuple(ctx.embedding_scorers)) not in _NOTED:
+        _NOTED.add((why, tuple(ctx.embedding_scorers)))
+        print(note, file=sys.stderr)
 
 
 def by_prompt_key(texts_by_prompt):
@@ -410,11 +433,13 @@ def _score_items(items, dims, source, kw):
     field_name = _field_name(dims, {d: kw[d] for d in DIMENSIONS if d in kw})
     groups = {}  # prompt_key -> the group, under the prompt's first spelling
     for prompt, response, row, suffix in items:
-        g = groups.setdefault(prompt_key(prompt), {"prompt": prompt, "responses": {}})
+        g = groups.setdefault(prompt_key(prompt), {"prompt": prompt, "responses": {}, "languages": set()})
+        if row.get("language"):
+            g["languages"].add(row["language"])
         if response not in g["responses"]:
             g["responses"][response] = _field_value(row, field_name + suffix, source) if field_name else None
-    groups = [{"prompt": g["prompt"], "responses": list(g["responses"]), "field": list(g["responses"].values())}
-              for g in groups.values()]
+    groups = [{"prompt": g["prompt"], "responses": list(g["responses"]), "field": list(g["responses"].values()),
+               "languages": g["languages"]} for g in groups.values()]
     results, stats = score_groups(groups, dims, **kw)
     lookup = {(prompt_key(g["prompt"]), r): {d: float(res[d][i]) for d in dims}
               for g, res in zip(groups, results) for i, r in enumerate(g["responses"])}
