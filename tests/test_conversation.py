@@ -74,3 +74,50 @@ def test_prompt_key_is_one_definition_of_the_same_prompt():
     assert prompt_key("caf\u00e9") == prompt_key("cafe\u0301")  # NFC
     assert prompt_key("Name a use for a brick.") != prompt_key("Name a use for a brick!")
     assert prompt_key(as_prompt(msgs(("user", "A use? ")))) == prompt_key("A use?")
+
+
+def test_every_grouping_site_sees_one_prompt(tmp_path, monkeypatch):
+    """One prompt written four ways (trailing space, leading newline, doubled space, as a one-turn message list) is
+    one group for pairing, splits, duplicates, score.py's groups and populations, originality and eval."""
+    import argparse
+    import json
+
+    import data
+    import eval as evaluation
+    import originality
+    import pairs
+    import score
+
+    spellings = ["Name a use for a brick.", "Name a use for a brick. ", "\nName a use for a brick.",
+                 "Name a use  for a brick.", [{"role": "user", "content": "Name a use for a brick."}]]
+    path = tmp_path / "rows.jsonl"
+    with open(path, "w") as f:
+        for i, prompt in enumerate(spellings):
+            f.write(json.dumps({"prompt": prompt, "response": f"answer {i}", "score": float(i)}) + "\n")
+        f.write(json.dumps({"prompt": "Name a use for a kettle.", "response": "tea", "score": 1.0}) + "\n")
+        f.write(json.dumps({"prompt": "Name a use for a brick.  ", "response": "answer 0 ", "score": 3.0}) + "\n")
+    rows, report = data.read_rows(str(path))
+    assert report.prompts == 2 and report.duplicates_merged == 1 and rows[0]["score"] == 1.5  # (0 + 3) / 2
+    built, stats = data.build_pairs(rows, max_pairs_per_response=None)
+    assert stats["prompts"] == 2 and len(built) == 10  # 5 answers to one prompt: 10 pairs
+    train, val = data.split_by_prompt(built, 0.0, seed=0)
+    assert len({p["prompt"] for p in built}) == 1 and len(train) == 10
+    args = argparse.Namespace(data=str(path), skip_bad_rows=False, objective="crpo", min_margin=0.0,
+                              max_pairs_per_response=0, length_balance=False, seed=0, val_frac=0.5,
+                              max_train_pairs=0, max_val_pairs=0)
+    _, _, population = pairs.load_pairs(args, lambda *a: None)
+    assert sorted(len(v) for v in population.values()) == [1, 5]
+    seen = []
+
+    def groups_scored(groups, dims, **kw):
+        seen.extend(groups)
+        return [{"diversity": [0.5] * len(g["responses"])} for g in groups], {}
+
+    monkeypatch.setattr(score, "score_groups", groups_scored)
+    score.score_rows(rows, ["diversity"])
+    assert sorted(len(g["responses"]) for g in seen) == [1, 5] and all("diversity" in r for r in rows)
+    assert len(score.by_prompt_key({s if isinstance(s, str) else "Name a use for a brick.": ["x"] for s in spellings})) == 1
+    assert len(originality.group_rows(rows)) == 2
+    prompts, reference = evaluation.read_prompts(rows)
+    assert len(prompts) == 2 and sorted(len(v) for v in reference.values()) == [1, 5]
+    assert len(evaluation.preference_pairs(rows, prompts[:1], min_margin=0.5)) == 10
