@@ -99,7 +99,7 @@ class Tokenizer:
         elif system is None:
             system = self.default_system
         C, D, fmt = Control, Data, self.chat_format
-        parts = []
+        parts, bos = [], [C(self.bos_token)] if self.bos_token else []
         if fmt == "chatml":
             if system:
                 parts += [C("<|im_start|>"), "system\n", D(system), C("<|im_end|>"), "\n"]
@@ -107,21 +107,21 @@ class Tokenizer:
                 parts += [C("<|im_start|>"), f"{role}\n", D(content), C("<|im_end|>"), "\n"]
             parts += [C("<|im_start|>"), "assistant\n"]
         elif fmt == "llama3":  # the template trims every message
-            parts += [C(self.bos_token)]
+            parts += bos
             for role, content in ([("system", system)] if system else []) + messages:
                 parts += [C("<|start_header_id|>"), role, C("<|end_header_id|>"), "\n\n", D(content.strip()),
                           C("<|eot_id|>")]
             parts += [C("<|start_header_id|>"), "assistant", C("<|end_header_id|>"), "\n\n"]
         elif fmt == "mistral":
-            parts += [C(self.bos_token)]
+            parts += bos
             for i, (role, content) in enumerate(messages):
                 if role == "user":
                     lead = (system + "\n\n") if system and i == 0 else ""
                     parts += [C("[INST]"), " ", D(lead + content.strip()), " ", C("[/INST]")]
                 else:
-                    parts += [D(content.strip()), C(self.eos_token)]
+                    parts += [D(content.strip())] + ([C(self.eos_token)] if self.eos_token else [])
         elif fmt == "gemma":  # Gemma's template: "assistant" is "model", a system message opens the first user turn
-            parts += [C(self.bos_token)]
+            parts += bos
             for i, (role, content) in enumerate(messages):
                 lead = (system + "\n\n") if system and i == 0 else ""
                 parts += [C("<start_of_turn>"), ("model" if role == "assistant" else "user") + "\n",
