@@ -140,6 +140,11 @@ def test_conversations_render_like_transformers(default, hf_default):
                                                          return_dict=False)
     text = tok.tok.decode(tok.chat(rows[0]["prompt"])[0], skip_special_tokens=False)
     assert "Always answer in exactly three words." in text and "Build a wall." in text and "Name a use" in text
+    # SFT examples of conversation rows (chosen == rejected) tokenize to the same rendering and are kept
+    sft = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["chosen"]} for r in rows]
+    items, stats = tokenizer.tokenize_pairs(sft, tok, max_len=512, keep_identical=True)
+    assert [it["chosen_ids"] for it in items] == [tok.chat(r["prompt"], r["chosen"])[0] for r in rows]
+    assert stats["dropped_identical"] == 0
 
 
 # Gemma-3's chat template (text messages): no system role, a system message opens the first user turn.
