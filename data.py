@@ -257,7 +257,7 @@ def read_rows(path, *, skip_bad_rows=False, score_columns=()):
             continue
         report.kind = report.kind or kind
         row["line"] = lineno
-        given = (obj.get("prompt", obj.get("chosen")) if kind == "preference"
+        given = ((obj["prompt"] if obj.get("prompt") is not None else obj.get("chosen")) if kind == "preference"
                  else next((obj[k] for k in RATING_FIELDS["prompt"] if obj.get(k) is not None), None))
         report.conversations += isinstance(given, list)
         report.transcripts += isinstance(given, str) and row["prompt"] != given
