@@ -29,6 +29,16 @@ def prompt_key(prompt):
     return " ".join(unicodedata.normalize("NFC", str(prompt)).split())
 
 
+def by_prompt_key(texts_by_prompt):
+    """{prompt: [texts]} -> {prompt_key: [texts]} (prompts that are the same by prompt_key merged); None stays None."""
+    if texts_by_prompt is None:
+        return None
+    out = {}
+    for prompt, texts in texts_by_prompt.items():
+        out.setdefault(prompt_key(prompt), []).extend(texts)
+    return out
+
+
 class Conversation(str):
     """A prompt of several turns: str(self) is the flat rendering, self.messages the turns
     ((role, content) tuples: an optional system turn, then user/assistant alternating, ending with user)."""

@@ -163,3 +163,12 @@ def not_english(texts, languages=()):
     if n and sum(scripts.values()) > 0.2 * n:
         return f"{scripts.most_common(1)[0][0]} script"
     return None
+
+
+def language_note(texts, languages, scorers):
+    """The one-line note for texts that are not English (not_english) scored by `scorers` with the default,
+    English-only encoder, or None when they are English."""
+    why = not_english(texts, languages)
+    return (f"note: the responses are not English ({why}), but the default sentence encoder all-MiniLM-L6-v2 is "
+            f"English-only, so {', '.join(scorers)} cannot judge them well: pass a multilingual BERT-family encoder "
+            "folder with --score-encoder PATH (score.py, eval.py: --encoder PATH)") if why else None

@@ -45,7 +45,7 @@ from safetensors import safe_open
 import checkpoint
 import data
 import encoder as sentence_encoder
-from conversation import prompt_key
+from conversation import by_prompt_key, prompt_key
 import files
 import originality
 from cache import Cache, cache_name, cached_compute, chat_fingerprint, model_fingerprint, new_stats
@@ -383,28 +383,13 @@ _NOTED = set()  # language notes already printed in this process: each is said o
 
 
 def language_note(groups, ctx):
-    """One line, once per process, when the default (English-only) sentence encoder scored texts that are not
-    English (groups' "languages", else their script): which scorers it affects, and --score-encoder PATH."""
-    if not ctx.embedding_scorers or not getattr(ctx.encoder, "is_default", True):
-        return
-    why = sentence_encoder.not_english([r for g in groups for r in g["responses"]],
-                                       {lang for g in groups for lang in g.get("languages", ())})
-    note = (f"note: the responses are not English ({why}), but the default sentence encoder all-MiniLM-L6-v2 is "
-            f"English-only, so {', '.join(ctx.embedding_scorers)} cannot judge them well: pass a multilingual "
-            "BERT-family encoder folder with --score-encoder PATH (score.py, eval.py: --encoder PATH)") if why else None
-    if note and (why, tuple(ctx.embedding_scorers)) not in _NOTED:
-        _NOTED.add((why, tuple(ctx.embedding_scorers)))
-        print(note, file=sys.stderr)
-
-
-def by_prompt_key(texts_by_prompt):
-    """{prompt: [texts]} -> {prompt_key: [texts]} (prompts that are the same by conversation.prompt_key merged)."""
-    if texts_by_prompt is None:
-        return None
-    out = {}
-    for prompt, texts in texts_by_prompt.items():
-        out.setdefault(prompt_key(prompt), []).extend(texts)
-    return out
+    """Print encoder.language_note once per process when the default sentence encoder scored these groups."""
+    if ctx.embedding_scorers and getattr(ctx.encoder, "is_default", True):
+        note = sentence_encoder.language_note([r for g in groups for r in g["responses"]],
+                                              {lang for g in groups for lang in g.get("languages", ())}, ctx.embedding_scorers)
+        if note and note not in _NOTED:
+            _NOTED.add(note)
+            print(note, file=sys.stderr)
 
 
 def _field_value(row, name, source):

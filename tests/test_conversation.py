@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from conversation import Conversation, PromptError, as_prompt, parse_transcript, prompt_key
+from conversation import Conversation, PromptError, as_prompt, by_prompt_key, parse_transcript, prompt_key
 
 
 def msgs(*pairs):
@@ -116,7 +116,7 @@ def test_every_grouping_site_sees_one_prompt(tmp_path, monkeypatch):
     monkeypatch.setattr(score, "score_groups", groups_scored)
     score.score_rows(rows, ["diversity"])
     assert sorted(len(g["responses"]) for g in seen) == [1, 5] and all("diversity" in r for r in rows)
-    assert len(score.by_prompt_key({s if isinstance(s, str) else "Name a use for a brick.": ["x"] for s in spellings})) == 1
+    assert len(by_prompt_key({s if isinstance(s, str) else "Name a use for a brick.": ["x"] for s in spellings})) == 1
     assert len(originality.group_rows(rows)) == 2
     prompts, reference = evaluation.read_prompts(rows)
     assert len(prompts) == 2 and sorted(len(v) for v in reference.values()) == [1, 5]
