@@ -20,7 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model import Config, ModelError, Transformer, add_lora, lora_modules, merged_state_dict, rope_frequencies
+from model import (Config, ModelError, Transformer, add_lora, lora_modules, merge_lora, merged_state_dict,
+                   rope_frequencies)
 from tokenizer import gguf_tokenizer, hf_tokenizer
 
 # The architectures we read and write: model_type (config.json, GGUF general.architecture) -> HF class name.
@@ -269,7 +270,9 @@ def is_adapter(path):
 
 def load_adapter(path, *, device="cpu", dtype=None):
     """(Transformer with LoRA, Tokenizer): the base model that adapter_config.json records, LoRA added with the
-    adapter's rank, alpha and target modules, then the adapter's weights (peft key names). LoRA stays unmerged."""
+    adapter's rank, alpha and target modules, then the adapter's weights (peft key names). LoRA stays unmerged.
+    The base may itself be an adapter folder (a LoRA stage trained from a LoRA stage): it is loaded with its
+    own adapter merged in, which is the model the later stage was trained from."""
     cfg_path, weights = os.path.join(path, "adapter_config.json"), os.path.join(path, "adapter_model.safetensors")
     with open(cfg_path) as f:
         cfg = json.load(f)
@@ -288,9 +291,9 @@ def load_adapter(path, *, device="cpu", dtype=None):
     if not os.path.exists(weights):
         raise ModelError(f"{path}: no adapter_model.safetensors")
     base_path = None if base == DEFAULT_MODEL_NAME else os.path.expanduser(base)
-    if base_path is not None and is_adapter(base_path):
-        raise ModelError(f"{cfg_path}: the base model {base} is itself an adapter (give the full model it was made for)")
-    model, tokenizer = load(base_path, device=device, dtype=dtype)
+    if base_path is not None and os.path.abspath(base_path) == os.path.abspath(path):
+        raise ModelError(f"{cfg_path}: base_model_name_or_path names the adapter itself: write the base model's path there")
+    model, tokenizer = load(base_path, device=device, dtype=dtype, merge_adapter=True)
     add_lora(model, rank=cfg["r"], alpha=cfg["lora_alpha"], targets=cfg["target_modules"],
              dropout=cfg.get("lora_dropout", 0.0))
     with safe_open(weights, "pt") as f:
@@ -323,15 +326,22 @@ def default_model_path():
     return os.path.join(package_dir(package), file)
 
 
-def load(path=None, *, device="cpu", dtype=None):
+def load(path=None, *, device="cpu", dtype=None, merge_adapter=False):
     """(Transformer, Tokenizer) from an HF folder, a .gguf file, a LoRA adapter folder (its recorded base model
     plus the adapter, see load_adapter), or None (the embedded SmolLM2-135M-Instruct). Weights in dtype
-    (default float32) on device; the model in eval mode."""
+    (default float32) on device; the model in eval mode.
+
+    merge_adapter: an adapter folder comes back as a plain model, W <- W + (alpha/r) B A, every weight trainable:
+    the model a new training stage starts from (crpo.py loads --model and --ref-model so; a new LoRA then goes on
+    top of it, and "LoRA off" is this model, not the bare base)."""
     path = default_model_path() if path is None else os.path.expanduser(str(path))
     if not os.path.exists(path):
         raise ModelError(f"{path}: no such file or folder (give an HF folder, a .gguf file or a LoRA adapter folder)")
     if is_adapter(path):
-        return load_adapter(path, device=device, dtype=dtype)
+        model, tokenizer = load_adapter(path, device=device, dtype=dtype)
+        if merge_adapter:
+            merge_lora(model).requires_grad_(True)
+        return model, tokenizer
     config, state, tokenizer = load_gguf(path) if os.path.isfile(path) else load_hf(path)
     rope_freqs = state.pop("rope_freqs", None)
     with torch.device("meta"):  # no random init: the weights are assigned straight from the file's tensors

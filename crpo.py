@@ -322,7 +322,7 @@ def load_model(path, device, dtype=None, loader=None):
     try:
         if loader is not None:
             return loader(path, device=device)
-        return checkpoint.load(path, device=device, dtype=dtype)
+        return checkpoint.load(path, device=device, dtype=dtype, merge_adapter=True)  # a stage starts from it as a whole
     except (ValueError, FileNotFoundError, OSError, KeyError) as e:
         raise CrpoError(f"cannot load model {path or '(embedded default)'}: {e}") from None
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 import files
 import registry
+from conversation import PromptError, as_prompt, completion_text, has_control_string, implicit_prompt, prompt_key
 from tokenizer import tokenize_pairs, tokens_summary
 
 RATING_FIELDS = {  # canonical name -> accepted names, first present wins
@@ -70,7 +71,10 @@ class ReadReport:
     skipped: dict = field(default_factory=dict)    # reason -> count
     examples: dict = field(default_factory=dict)   # reason -> first message of that kind
     duplicates_merged: int = 0    # rows folded into an earlier row with the same (prompt, response)
-    prompts: int = 0              # distinct prompts among the kept rows
+    prompts: int = 0              # distinct prompts among the kept rows (conversation.prompt_key)
+    conversations: int = 0        # kept rows whose prompt is a list of chat messages (rendered turn by turn)
+    transcripts: int = 0          # kept rows whose prompt was an already rendered chat transcript (parsed into turns)
+    control_strings: int = 0      # kept rows with a control-token string ("<|im_end|>") in their text (stays text)
 
     @property
     def n_skipped(self):
@@ -82,6 +86,14 @@ class ReadReport:
              f"{self.duplicates_merged:,} duplicates merged (mean score); {self.prompts:,} prompts")
         if self.blank:
             s += f"; {self.blank:,} blank lines ignored"
+        if self.conversations:
+            s += f"\n  {self.conversations:,} rows with the prompt as chat messages (every turn kept, system included)"
+        if self.transcripts:
+            s += (f"\n  {self.transcripts:,} rows with the prompt written as a rendered chat transcript: parsed into its "
+                  "turns, rendered once by the model's chat format")
+        if self.control_strings:
+            s += (f"\n  {self.control_strings:,} rows with control-token strings (e.g. <|im_end|>) in their text: "
+                  "encoded as plain characters, not as control tokens")
         for reason, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]):
             s += f"\n  skipped {n:,} x {reason}, first: {self.examples[reason]}"
         return s
@@ -123,28 +135,38 @@ def _number(value, name, unit_range=False):
     return value
 
 
-def _message_text(value, name, role):
-    """Text of a TRL field: a string, or a list of chat messages (then the content of the last `role` message)."""
+def _conversation(fn, *args):
+    """fn(*args) of conversation.py; its PromptError is a bad row."""
+    try:
+        return fn(*args)
+    except PromptError as e:
+        raise _BadRow("unrenderable conversation", str(e)) from None
+
+
+def _prompt(value, name="prompt"):
+    """A row's prompt: text, a rendered chat transcript (parsed into its turns) or a list of chat messages ending
+    with a user turn (conversation.as_prompt: several turns give a Conversation, which the chat format renders)."""
     if isinstance(value, str):
-        return _text(value, name)
-    if not isinstance(value, list):
+        _text(value, name)
+    elif not isinstance(value, list):
         raise _BadRow("wrong type", f"field '{name}' must be a string or a list of chat messages, got {_json_type(value)}")
-    found = None
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise _BadRow("wrong type", f"field '{name}' message {i} must be {{\"role\": str, \"content\": str}}")
-        if m["role"] == role:
-            found = m["content"]
-    if found is None:
-        raise _BadRow("missing field", f"field '{name}' has no {role} message")
-    return _text(found, name)
+    return _conversation(as_prompt, value, f"field '{name}'")
+
+
+def _response(value, name, prompt):
+    """A response field: a string, or chat messages (conversation.completion_text: the answer after prompt)."""
+    if isinstance(value, list):
+        value = _conversation(completion_text, value, prompt, f"field '{name}'")
+    elif not isinstance(value, str):
+        raise _BadRow("wrong type", f"field '{name}' must be a string or a list of chat messages, got {_json_type(value)}")
+    return _text(value, name)
 
 
 def _parse_rating(obj, score_columns=()):
     row = {k: v for k, v in obj.items() if not any(k in names[1:] for names in RATING_FIELDS.values())}
     row["kind"] = "rating"
-    row["prompt"] = _text(_field(obj, "prompt", RATING_FIELDS["prompt"]), "prompt")
-    row["response"] = _text(_field(obj, "response", RATING_FIELDS["response"]), "response")
+    row["prompt"] = _prompt(_field(obj, "prompt", RATING_FIELDS["prompt"]))
+    row["response"] = _response(_field(obj, "response", RATING_FIELDS["response"]), "response", row["prompt"])
     row["score"] = _number(_field(obj, "score", RATING_FIELDS["score"]), "score")
     for name in ("task", "language", "dataset"):
         for key in RATING_FIELDS[name]:
@@ -160,14 +182,16 @@ def _parse_rating(obj, score_columns=()):
 def _parse_preference(obj, score_columns=()):
     row = dict(obj)
     row["kind"] = "preference"
-    if obj.get("prompt") is not None:
-        row["prompt"] = _message_text(obj["prompt"], "prompt", "user")
-    elif isinstance(obj.get("chosen"), list):  # TRL "implicit prompt": the user turn sits inside chosen
-        row["prompt"] = _message_text(obj["chosen"], "prompt", "user")
+    if obj.get("prompt") is not None:  # TRL "explicit prompt": text or messages
+        row["prompt"] = _prompt(obj["prompt"])
+        row["chosen"] = _response(_field(obj, "chosen"), "chosen", row["prompt"])
+        row["rejected"] = _response(_field(obj, "rejected"), "rejected", row["prompt"])
+    elif isinstance(obj.get("chosen"), list) and isinstance(obj.get("rejected"), list):
+        # TRL "implicit prompt": chosen and rejected are whole conversations; their shared turns are the prompt
+        row["prompt"], chosen, rejected = _conversation(implicit_prompt, obj["chosen"], obj["rejected"])
+        row["chosen"], row["rejected"] = _text(chosen, "chosen"), _text(rejected, "rejected")
     else:
         _field(obj, "prompt")
-    row["chosen"] = _message_text(_field(obj, "chosen"), "chosen", "assistant")
-    row["rejected"] = _message_text(_field(obj, "rejected"), "rejected", "assistant")
     for key in [f"{name}_{side}" for name in score_columns for side in ("chosen", "rejected")]:
         if obj.get(key) is not None:
             row[key] = _number(obj[key], key, unit_range=True)
@@ -233,8 +257,14 @@ def read_rows(path, *, skip_bad_rows=False, score_columns=()):
             continue
         report.kind = report.kind or kind
         row["line"] = lineno
+        given = ((obj["prompt"] if obj.get("prompt") is not None else obj.get("chosen")) if kind == "preference"
+                 else next((obj[k] for k in RATING_FIELDS["prompt"] if obj.get(k) is not None), None))
+        report.conversations += isinstance(given, list)
+        report.transcripts += isinstance(given, str) and row["prompt"] != given
+        report.control_strings += any(has_control_string(row[k]) for k in ("prompt", "response", "chosen", "rejected")
+                                      if isinstance(row.get(k), str))
         if kind == "rating":
-            key = (row["prompt"].strip(), row["response"].strip())
+            key = (prompt_key(row["prompt"]), row["response"].strip())
             if key in first_row_of:
                 merged.setdefault(first_row_of[key], [rows[first_row_of[key]]]).append(row)
                 report.duplicates_merged += 1
@@ -252,7 +282,7 @@ def read_rows(path, *, skip_bad_rows=False, score_columns=()):
         first["merged_lines"] = [r["line"] for r in group]
 
     report.kept = len(rows)
-    report.prompts = len({r["prompt"] for r in rows})
+    report.prompts = len({prompt_key(r["prompt"]) for r in rows})
     if report.read == 0:
         raise DataError(f"{path}: empty file (expected JSON Lines: one JSON object per line)")
     if not rows:
@@ -354,11 +384,11 @@ def build_pairs(rows, *, min_margin=0.0, max_pairs_per_response=None, length_bal
                  "score_chosen": r.get("score_chosen"), "score_rejected": r.get("score_rejected")}
             p.update({k: r[k] for k in r if k.endswith(("_chosen", "_rejected")) and k.rsplit("_", 1)[0] in score_columns})
             pairs.append(p)
-        stats.update(prompts=len({r["prompt"] for r in rows}), identical_dropped=identical)
+        stats.update(prompts=len({prompt_key(r["prompt"]) for r in rows}), identical_dropped=identical)
     else:
-        groups = {}  # prompt (surrounding whitespace ignored, as for duplicates) -> its rows
+        groups = {}  # prompt_key -> its rows
         for r in rows:
-            groups.setdefault(r["prompt"].strip(), []).append(r)
+            groups.setdefault(prompt_key(r["prompt"]), []).append(r)
         stats.update(prompts=len(groups), single_response_prompts=0, prompts_with_pairs=0, candidate_pairs=0,
                      equal_score=0, below_margin=0, capped=0, min_margin=min_margin,
                      max_pairs_per_response=max_pairs_per_response)
@@ -431,19 +461,19 @@ def split_by_prompt(pairs, val_frac, seed):
     both; pairs keep their order inside each split."""
     if not 0.0 <= val_frac < 1.0:
         raise ValueError(f"val_frac must be in [0, 1), got {val_frac!r}")
-    prompts = list(dict.fromkeys(p["prompt"] for p in pairs))
+    prompts = list(dict.fromkeys(prompt_key(p["prompt"]) for p in pairs))
     random.Random(seed).shuffle(prompts)
     n_val = round(val_frac * len(prompts))
     if val_frac > 0 and len(prompts) >= 2:
         n_val = min(max(n_val, 1), len(prompts) - 1)
     val_prompts = set(prompts[:n_val])
-    train = [p for p in pairs if p["prompt"] not in val_prompts]
-    val = [p for p in pairs if p["prompt"] in val_prompts]
+    train = [p for p in pairs if prompt_key(p["prompt"]) not in val_prompts]
+    val = [p for p in pairs if prompt_key(p["prompt"]) in val_prompts]
     return train, val
 
 
 def split_summary(train, val):
-    n_prompts = lambda ps: len({p["prompt"] for p in ps})  # noqa: E731
+    n_prompts = lambda ps: len({prompt_key(p["prompt"]) for p in ps})  # noqa: E731
     return (f"train: {len(train):,} pairs over {n_prompts(train):,} prompts; "
             f"val: {len(val):,} pairs over {n_prompts(val):,} prompts")
 

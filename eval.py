@@ -45,6 +45,7 @@ import generate
 import plot
 import originality
 import score
+from conversation import prompt_key
 from measures import unit_rows, word_tokens
 from model import ModelError
 
@@ -97,19 +98,19 @@ def parse_model_specs(specs):
 
 
 def read_prompts(rows, max_prompts=None):
-    """Unique prompts in file order (surrounding whitespace ignored when comparing), the first max_prompts.
+    """Unique prompts in file order (the same by conversation.prompt_key), the first max_prompts.
     -> (prompts, reference): reference = {prompt: [human responses]} for rating rows, None for preference rows."""
     first = {}
     for r in rows:
-        first.setdefault(r["prompt"].strip(), r["prompt"])
+        first.setdefault(prompt_key(r["prompt"]), r["prompt"])
     prompts = list(first.values())[:max_prompts]
     if rows[0]["kind"] != "rating":
         return prompts, None
-    keep = {p.strip(): p for p in prompts}
+    keep = {prompt_key(p): p for p in prompts}
     reference = defaultdict(list)
     for r in rows:
-        if r["prompt"].strip() in keep:
-            reference[keep[r["prompt"].strip()]].append(r["response"])
+        if prompt_key(r["prompt"]) in keep:
+            reference[keep[prompt_key(r["prompt"])]].append(r["response"])
     return prompts, dict(reference)
 
 
@@ -196,15 +197,15 @@ def preference_pairs(rows, prompts, *, min_margin=1.0, max_pairs=200, seed=0):
     """Human pairs of the evaluated prompts. Rating rows: at most PREF_RESPONSES_PER_PROMPT responses per prompt
     (sampled, seeded), then data.build_pairs(min_margin); preference rows pass through. At most max_pairs
     (sampled, seeded, file order kept). [] when there is none."""
-    keep = {p.strip() for p in prompts}
-    rows = [r for r in rows if r["prompt"].strip() in keep]
+    keep = {prompt_key(p) for p in prompts}
+    rows = [r for r in rows if prompt_key(r["prompt"]) in keep]
     if not rows or max_pairs <= 0:
         return []
     rng = random.Random(seed)
     if rows[0]["kind"] == "rating":
         by_prompt = defaultdict(list)
         for i, r in enumerate(rows):
-            by_prompt[r["prompt"].strip()].append(i)
+            by_prompt[prompt_key(r["prompt"])].append(i)
         chosen = sorted(i for idx in by_prompt.values()
                         for i in (rng.sample(idx, PREF_RESPONSES_PER_PROMPT) if len(idx) > PREF_RESPONSES_PER_PROMPT else idx))
         rows = [rows[i] for i in chosen]
@@ -223,7 +224,7 @@ def preference_accuracy(m, tokenizer, pairs, *, cache_dir=None, batch_size=16, s
     a tie counts 1/2."""
     by_prompt = defaultdict(dict)
     for p in pairs:
-        key = p["prompt"].strip()
+        key = prompt_key(p["prompt"])
         by_prompt[key].setdefault("prompt", p["prompt"])
         for side in ("chosen", "rejected"):
             by_prompt[key].setdefault("responses", {})[p[side]] = None
@@ -234,7 +235,7 @@ def preference_accuracy(m, tokenizer, pairs, *, cache_dir=None, batch_size=16, s
     ppl = {(k, r): v for k, g, res in zip(keys, groups, results) for r, v in zip(g["responses"], res["surprise_raw"])}
     out = {}
     for p in pairs:
-        k = p["prompt"].strip()
+        k = prompt_key(p["prompt"])
         ell_w, ell_l = -math.log(ppl[k, p["chosen"]]), -math.log(ppl[k, p["rejected"]])
         right = 1.0 if ell_w > ell_l else 0.5 if ell_w == ell_l else 0.0
         c, n = out.get(by_prompt[k]["prompt"], (0.0, 0))
@@ -336,8 +337,8 @@ def originality_leakage(spec, prompts):
     """The evaluated prompts the originality scorer was trained on (its card lists them)."""
     _, arg = score.parse_variant("originality", spec)
     fitted, _ = score.load_originality(arg or originality.default_path())
-    seen = {p.strip() for p in fitted.card.get("training_prompts", [])}
-    return [p for p in prompts if p.strip() in seen]
+    seen = {prompt_key(p) for p in fitted.card.get("training_prompts", [])}
+    return [p for p in prompts if prompt_key(p) in seen]
 
 
 def _scorer_flags_ok(args):

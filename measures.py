@@ -36,11 +36,51 @@ def centroid_novelty(E):
     return 1.0 - cos
 
 
+# Scripts written without spaces between words. Han text is segmented by jieba (a dictionary + HMM segmenter
+# for Chinese); Japanese (Han mixed with kana) falls back to script runs (kanji, hiragana, katakana); Thai, Lao,
+# Khmer, Myanmar and Tibetan to single letters with their combining marks. The fallbacks are crude but keep every
+# word-based measure defined and counting words rather than whole clauses.
+_NO_SPACES = re.compile("[\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff"
+                        "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f]")
+_KANA = re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
+_RUNS = re.compile("([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]+)"  # Han
+                   "|([\u3040-\u309f]+)|([\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9f]+)"  # hiragana, katakana
+                   "|([\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff][\u0300-\u036f\u0e31\u0e34-\u0e3a"
+                   "\u0e47-\u0e4e\u0eb1\u0eb4-\u0ebc\u0ec8-\u0ecd\u0f71-\u0f84\u102b-\u103e\u17b4-\u17d3]*)"
+                   "|([^\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff\u3400-"
+                   "\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f]+)")
+
+
+def _segment_han(run):
+    try:
+        import jieba  # optional at import time: the first call loads its dictionary (about a second)
+    except ImportError:  # documented fallback: one character per word
+        return list(run)
+    jieba.setLogLevel(60)  # its loading messages are not ours to print
+    return [w for w in jieba.lcut(run) if w.strip()]
+
+
 def word_tokens(text):
     """The lower-cased words of a text in order, punctuation stripped and apostrophes dropped inside words
-    ("Don't!" -> "dont"). The one word splitter of the project: DSI novelty and eval's distinct-n use it."""
+    ("Don't!" -> "dont"). The one word splitter of the project: DSI novelty and eval's distinct-n use it.
+    Text without spaces between words is segmented (see _NO_SPACES above): "把旧雨伞改造成风筝" ->
+    ["把", "旧", "雨伞", "改造", "成", "风筝"]."""
     text = re.sub(r"['\u2019`]", "", text.lower())
-    return re.findall(r"[^\W_]+", text)
+    tokens = re.findall(r"[^\W_]+", text) if not _NO_SPACES.search(text) else \
+        re.findall(r"[^\W_]+(?:[\u0300-\u036f\u0e31\u0e34-\u0e3a\u0e47-\u0e4e\u0eb1\u0eb4-\u0ebc\u0ec8-\u0ecd"
+                   r"\u0f71-\u0f84\u102b-\u103e\u17b4-\u17d3]+[^\W_]*)*", text)
+    out = []
+    for token in tokens:
+        if not _NO_SPACES.search(token):
+            out.append(token)
+            continue
+        japanese = bool(_KANA.search(text))  # kana anywhere: Japanese, which jieba's Chinese dictionary does not fit
+        for han, hira, kata, letter, other in _RUNS.findall(token):
+            if han:
+                out.extend([han] if japanese else _segment_han(han))  # Japanese: a kanji run is one word
+            else:
+                out.append(hira or kata or letter or other)
+    return out
 
 
 def words(text):

@@ -48,6 +48,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from conversation import prompt_key
+from measures import word_tokens
+
 TRAINED_ON = ("Trained on English divergent-thinking answers (alternate uses, instances, consequences, sentence "
               "completion) rated for originality by people; it may not transfer to other languages, tasks or "
               "kinds of text.")
@@ -171,7 +174,7 @@ def rarity(U, V, self_index, prompt_vec, config, block=1024):
 
 
 def length_stats(texts):
-    return np.array([[math.log1p(len(t)), math.log1p(len(t.split()))] for t in texts])
+    return np.array([[math.log1p(len(t)), math.log1p(len(word_tokens(t)))] for t in texts])
 
 
 def context_text(prompt, response):
@@ -307,10 +310,12 @@ class Model:
 
 
 def group_rows(rows):
-    """{prompt: (responses, scores, task)} in first-seen order."""
-    groups = {}
+    """{prompt: (responses, scores, task)} in first-seen order; one group per conversation.prompt_key, under the
+    prompt's first spelling."""
+    groups, first = {}, {}
     for r in rows:
-        g = groups.setdefault(r["prompt"], ([], [], r.get("task") or "(no task)"))
+        prompt = first.setdefault(prompt_key(r["prompt"]), r["prompt"])
+        g = groups.setdefault(prompt, ([], [], r.get("task") or "(no task)"))
         g[0].append(r["response"])
         g[1].append(float(r["score"]))
     return groups
@@ -418,7 +423,7 @@ def mean_se(values):
 
 def prompt_metrics(pred, scores, responses, diversity):
     chars = np.array([len(t) for t in responses], dtype=np.float64)
-    words = np.array([len(t.split()) for t in responses], dtype=np.float64)
+    words = np.array([len(word_tokens(t)) for t in responses], dtype=np.float64)
     return {"spearman": spearman(pred, scores), "partial_chars": partial_spearman(pred, scores, chars),
             "partial_words": partial_spearman(pred, scores, words), "length": spearman(chars, scores),
             "diversity": spearman(diversity, scores), "diversity_partial_chars": partial_spearman(diversity, scores, chars)}

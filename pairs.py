@@ -14,6 +14,7 @@ import torch.distributed as dist
 import data
 import registry
 import score
+from conversation import prompt_key
 from tokenizer import tokenize_pairs, tokens_summary
 
 
@@ -33,15 +34,15 @@ def sft_examples(rows, args):
     dropped after tokenization): rating rows with score >= --sft-min-score, or in the top --sft-top-frac of
     their prompt; the chosen side of preference rows (each (prompt, chosen) once)."""
     if rows and rows[0]["kind"] == "preference":
-        unique = {(r["prompt"], r["chosen"]): r for r in rows}
-        return [{"prompt": p, "chosen": c, "rejected": c, "line": r.get("line")} for (p, c), r in unique.items()]
+        unique = {(prompt_key(r["prompt"]), r["chosen"]): r for r in rows}
+        return [{"prompt": r["prompt"], "chosen": c, "rejected": c, "line": r.get("line")} for (_, c), r in unique.items()]
     keep = rows
     if args.sft_min_score is not None:
         keep = [r for r in rows if r["score"] >= args.sft_min_score]
     elif args.sft_top_frac is not None:
         by_prompt = {}
         for r in rows:
-            by_prompt.setdefault(r["prompt"], []).append(r)
+            by_prompt.setdefault(prompt_key(r["prompt"]), []).append(r)
         keep = [r for g in by_prompt.values()
                 for r in sorted(g, key=lambda r: -r["score"])[:max(1, round(args.sft_top_frac * len(g)))]]
     if not keep:
@@ -53,19 +54,19 @@ def sft_examples(rows, args):
 
 def load_pairs(args, log):
     """(train, val, population) from --data: pairs (SFT: examples) split by prompt and optionally subsampled, and
-    {prompt: every response to it in the file}, what a scorer that compares with others (originality) compares with."""
+    {prompt_key: every response to that prompt in the file}, what a scorer that compares with others (originality) compares with."""
     if not os.path.isfile(args.data):
         raise data.DataError(f"{args.data}: no such file (pass --data with a JSON Lines file)")
     rows, report = data.read_rows(args.data, skip_bad_rows=args.skip_bad_rows, score_columns=list(registry.DIMENSIONS))
     log(report.summary())
     population = {}
     for r in rows:
-        population.setdefault(r["prompt"], {}).update(dict.fromkeys(
+        population.setdefault(prompt_key(r["prompt"]), {}).update(dict.fromkeys(
             [r["response"]] if r["kind"] == "rating" else [r["chosen"], r["rejected"]]))
     population = {p: list(rs) for p, rs in population.items()}
     if args.objective == "sft":
         pairs = sft_examples(rows, args)
-        log(f"sft: {len(pairs):,} responses over {len({p['prompt'] for p in pairs}):,} prompts")
+        log(f"sft: {len(pairs):,} responses over {len({prompt_key(p['prompt']) for p in pairs}):,} prompts")
     else:
         pairs, pair_stats = data.build_pairs(rows, min_margin=args.min_margin,
                                              max_pairs_per_response=args.max_pairs_per_response or None,
@@ -76,7 +77,7 @@ def load_pairs(args, log):
     log(data.split_summary(train_pairs, val_pairs))
     if not train_pairs:
         raise data.DataError(f"{args.data}: all {len(pairs):,} pairs are in validation prompts (--val-frac {args.val_frac} "
-                        f"of {len({p['prompt'] for p in pairs})} prompts): lower --val-frac")
+                        f"of {len({prompt_key(p['prompt']) for p in pairs})} prompts): lower --val-frac")
     # fixed, seeded samples (before scoring, so only what is used gets scored): quick runs on big files
     train_pairs = subsample(train_pairs, args.max_train_pairs, args.seed, "training", "--max-train-pairs", log)
     max_val = args.max_val_pairs if args.max_val_pairs is not None else min(256, max(32, len(train_pairs) // 4))
@@ -154,13 +155,14 @@ def tokenize_splits(train_pairs, val_pairs, tokenizer, lambdas, args, log):
     """{"train": Split, "val": Split}; pairs that truncation leaves without a response are dropped (counted)."""
     splits = {}
     for name, ps in (("train", train_pairs), ("val", val_pairs)):
-        items, tok_stats = tokenize_pairs(ps, tokenizer, max_len=args.max_len) if ps else ([], None)
+        items, tok_stats = (tokenize_pairs(ps, tokenizer, max_len=args.max_len, keep_identical=args.objective == "sft")
+                            if ps else ([], None))
         if args.objective == "sft":
             for it in items:
                 del it["rejected_ids"], it["rejected_start"]
         kept = [ps[it["index"]] for it in items]
         splits[name] = Split(kept, items, score_tensors(kept, lambdas, args.data))
-        log(f"{name}: {len({p['prompt'] for p in kept}):,} prompts; "
+        log(f"{name}: {len({prompt_key(p['prompt']) for p in kept}):,} prompts; "
             + (tokens_summary(tok_stats) if tok_stats else "no pairs"))
         if name == "train" and not items:
             raise data.DataError(f"{args.data}: all {len(ps):,} training pairs were dropped by truncation: --max-len "

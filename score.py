@@ -45,6 +45,7 @@ from safetensors import safe_open
 import checkpoint
 import data
 import encoder as sentence_encoder
+from conversation import by_prompt_key, prompt_key
 import files
 import originality
 from cache import Cache, cache_name, cached_compute, chat_fingerprint, model_fingerprint, new_stats
@@ -153,6 +154,8 @@ class Context:
     batch_size: int = 16
     show_progress: bool = True
     arg: str | None = None  # the variant's argument (rm PATH, field NAME)
+    scorer: str | None = None  # the scorer running now, and those that used the sentence encoder
+    embedding_scorers: list = None
 
     def lm(self):
         if self.model is None:
@@ -160,6 +163,8 @@ class Context:
         return self.model, self.tokenizer
 
     def embed(self, texts, desc):
+        if self.embedding_scorers is not None and self.scorer not in self.embedding_scorers:
+            self.embedding_scorers.append(self.scorer)
         if self.encoder is None:
             self.encoder = sentence_encoder.load_encoder(None)
         return embed_texts(self.encoder, texts, cache=self.cache, desc=desc, show_progress=self.show_progress,
@@ -167,15 +172,18 @@ class Context:
 
     def per_response(self, groups, namespace, desc, fn):
         """A cached value per (prompt, response); fn(prompt, responses) yields (indices, values) per batch."""
-        keys = [[json.dumps([g["prompt"], r], ensure_ascii=False) for r in g["responses"]] for g in groups]
+        # a conversation's key is its turns, and fn gets the prompt object itself (rendered turn by turn)
+        keys = [[json.dumps([getattr(g["prompt"], "messages", g["prompt"]), r], ensure_ascii=False)
+                 for r in g["responses"]] for g in groups]
+        prompt_of = {k: g["prompt"] for g, ks in zip(groups, keys) for k in ks}
 
         def compute(missing):
             by_prompt = defaultdict(list)
             for k in missing:
-                prompt, response = json.loads(k)
-                by_prompt[prompt].append((k, response))
-            for prompt, items in by_prompt.items():
-                for idx, values in fn(prompt, [r for _, r in items]):
+                identity, response = json.loads(k)
+                by_prompt[json.dumps(identity)].append((k, response))
+            for items in by_prompt.values():
+                for idx, values in fn(prompt_of[items[0][0]], [r for _, r in items]):
                     yield [items[i][0] for i in idx], values
 
         values = cached_compute(self.cache, namespace, [k for ks in keys for k in ks], compute, dtype=np.float64,
@@ -208,7 +216,7 @@ def _dsi_novelty(groups, ctx):
     reference = ctx.reference
     if isinstance(reference, dict):
         everything = [t for ts in reference.values() for t in ts]
-        contexts = [reference.get(g["prompt"], everything) for g in groups]
+        contexts = [reference.get(prompt_key(g["prompt"]), everything) for g in groups]
     else:
         contexts = [g["responses"] if reference is None else list(reference) for g in groups]
     text_words = {t: words(t) for ts in [g["responses"] for g in groups] + contexts for t in ts}
@@ -296,7 +304,7 @@ def originality_scorer(groups, ctx):
                              f"({fitted.card.get('encoder', '?')}); this encoder gives {dim}: fit one with it")
     out, encoder_name = [], cache_name(ctx.encoder)  # fingerprinted once, not per group
     for g in groups:
-        population = (ctx.population or {}).get(g["prompt"])
+        population = (ctx.population or {}).get(prompt_key(g["prompt"]))
         key = hashlib.sha1(json.dumps(sorted(population or g["responses"]), ensure_ascii=False).encode()).hexdigest()
         namespace = f"originality|{weights_hash}|{encoder_name}|{key[:12]}"
         out += ctx.per_response([g], namespace, "originality", lambda p, rs: [
@@ -354,11 +362,14 @@ def score_groups(groups, dims=None, *, model=None, tokenizer=None, encoder=None,
     stats["responses"] += sum(len(g["responses"]) for g in groups)
     stats["single_response_groups"] += sum(len(g["responses"]) == 1 for g in groups)
     t_start = time.perf_counter()
-    ctx = Context(Cache(cache_dir), stats, model, tokenizer, encoder, reference, population, batch_size, show_progress)
-    raw = {}
+    reference = by_prompt_key(reference) if isinstance(reference, dict) else reference
+    ctx = Context(Cache(cache_dir), stats, model, tokenizer, encoder, reference, by_prompt_key(population), batch_size,
+                  show_progress)
+    raw, ctx.embedding_scorers = {}, []
     for d, (variant, arg) in chosen.items():
-        ctx.arg = arg
+        ctx.arg, ctx.scorer = arg, f"{d} ({variant})"
         raw[d] = DIMENSIONS[d].scorers[variant](groups, ctx)
+    language_note(groups, ctx)
     results = []
     for i in range(len(groups)):
         res = {d: NORMALIZE[normalize](raw[d][i]) for d in dims}
@@ -366,6 +377,19 @@ def score_groups(groups, dims=None, *, model=None, tokenizer=None, encoder=None,
         results.append(res)
     stats["seconds"]["total"] = stats["seconds"].get("total", 0.0) + time.perf_counter() - t_start
     return results, stats
+
+
+_NOTED = set()  # language notes already printed in this process: each is said once
+
+
+def language_note(groups, ctx):
+    """Print encoder.language_note once per process when the default sentence encoder scored these groups."""
+    if ctx.embedding_scorers and getattr(ctx.encoder, "is_default", True):
+        note = sentence_encoder.language_note([r for g in groups for r in g["responses"]],
+                                              {lang for g in groups for lang in g.get("languages", ())}, ctx.embedding_scorers)
+        if note and note not in _NOTED:
+            _NOTED.add(note)
+            print(note, file=sys.stderr)
 
 
 def _field_value(row, name, source):
@@ -392,18 +416,20 @@ def _score_items(items, dims, source, kw):
     unique responses; scores them; writes row[dim + suffix] for every item."""
     dims = paper_dims() if dims is None else list(dims)
     field_name = _field_name(dims, {d: kw[d] for d in DIMENSIONS if d in kw})
-    groups = {}
+    groups = {}  # prompt_key -> the group, under the prompt's first spelling
     for prompt, response, row, suffix in items:
-        g = groups.setdefault(prompt, {"prompt": prompt, "responses": {}})
+        g = groups.setdefault(prompt_key(prompt), {"prompt": prompt, "responses": {}, "languages": set()})
+        if row.get("language"):
+            g["languages"].add(row["language"])
         if response not in g["responses"]:
             g["responses"][response] = _field_value(row, field_name + suffix, source) if field_name else None
-    groups = [{"prompt": g["prompt"], "responses": list(g["responses"]), "field": list(g["responses"].values())}
-              for g in groups.values()]
+    groups = [{"prompt": g["prompt"], "responses": list(g["responses"]), "field": list(g["responses"].values()),
+               "languages": g["languages"]} for g in groups.values()]
     results, stats = score_groups(groups, dims, **kw)
-    lookup = {(g["prompt"], r): {d: float(res[d][i]) for d in dims}
+    lookup = {(prompt_key(g["prompt"]), r): {d: float(res[d][i]) for d in dims}
               for g, res in zip(groups, results) for i, r in enumerate(g["responses"])}
     for prompt, response, row, suffix in items:
-        for d, v in lookup[prompt, response].items():
+        for d, v in lookup[prompt_key(prompt), response].items():
             row[d + suffix] = v
     return stats
 
@@ -439,11 +465,11 @@ def summary(stats):
 
 
 def read_reference(path, skip_bad_rows=False):
-    """{prompt: [texts]} from a rating file (its responses) or a preference file (chosen and rejected)."""
+    """{prompt_key: [texts]} from a rating file (its responses) or a preference file (chosen and rejected)."""
     rows, _ = data.read_rows(path, skip_bad_rows=skip_bad_rows)
     reference = defaultdict(list)
     for r in rows:
-        reference[r["prompt"]].extend([r["response"]] if r["kind"] == "rating" else [r["chosen"], r["rejected"]])
+        reference[prompt_key(r["prompt"])].extend([r["response"]] if r["kind"] == "rating" else [r["chosen"], r["rejected"]])
     return dict(reference)
 
 

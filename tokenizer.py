@@ -1,7 +1,11 @@
-"""Tokenizers: the `tokenizers` BPE of a checkpoint plus its chat format (ChatML, Llama-3, Mistral).
+"""Tokenizers: the `tokenizers` BPE of a checkpoint plus its chat format (ChatML, Llama-3, Mistral, Gemma).
 
     tok.encode(text) -> ids;  tok.decode(ids) -> text
-    tok.chat(prompt, response=None) -> (ids, response_start)    the prompt as a user turn, the response after
+    tok.chat(prompt, response=None) -> (ids, response_start)    the prompt's turns, the response after
+
+Data text is text: a control-token string ("<|im_end|>") inside a prompt or response is encoded as its
+characters; only the chat template inserts control tokens. A prompt is text (one user turn) or a
+conversation.Conversation (its turns, system message included, rendered by the model's format).
 
 Built from an HF folder's tokenizer.json / tokenizer_config.json (hf_tokenizer) or from GGUF metadata
 (gguf_tokenizer); the chat format is detected from the chat template (or, failing that, the vocabulary).
@@ -16,11 +20,12 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 from tqdm import tqdm
 
+from conversation import Conversation
 from model import ModelError
 
 
 class Tokenizer:
-    """tokenizers' BPE plus the chat format of the checkpoint: chatml (SmolLM2, Qwen), llama3 or mistral."""
+    """tokenizers' BPE plus the chat format of the checkpoint: chatml (SmolLM2, Qwen), llama3, mistral or gemma."""
 
     def __init__(self, tok, *, chat_format, bos=None, eos=None, pad=None, eot=None, system=None,
                  chat_template=None, name="tokenizer"):
@@ -34,38 +39,123 @@ class Tokenizer:
         self.pad_token = pad or eos
         self.pad_id = ids(self.pad_token)
         self.stop_ids = {i for i in (self.eos_id, self.eot_id) if i is not None}
+        added = tok.get_added_tokens_decoder().values()
+        self.added_tokens = {t.content for t in added}
+        self.control_strings = [t.content for t in added if t.special]  # what data text must not turn into
 
     def encode(self, text):
-        return self.tok.encode(text, add_special_tokens=False).ids
+        """Token ids of data text: every string is characters, a literal control-token string ("<|im_end|>")
+        included; only the chat template (chat) inserts control tokens."""
+        self.tok.encode_special_tokens = True
+        try:
+            return self.tok.encode(text, add_special_tokens=False).ids
+        finally:
+            self.tok.encode_special_tokens = False
 
     def decode(self, ids):
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
-    def chat(self, prompt, response=None, system=None):
-        """(ids, response_start): the prompt as a user turn, then the assistant turn's header; with a response,
-        its tokens and the end-of-turn token. response_start indexes the first response token."""
-        system = system if system is not None else self.default_system
-        if self.chat_format == "chatml":
-            sys_turn = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
-            head = f"{sys_turn}<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
-        elif self.chat_format == "llama3":
-            sys_turn = f"<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>" if system else ""
-            head = (f"{self.bos_token}{sys_turn}<|start_header_id|>user<|end_header_id|>\n\n{prompt.strip()}<|eot_id|>"
-                    "<|start_header_id|>assistant<|end_header_id|>\n\n")
-        elif self.chat_format == "mistral":
-            head = f"{self.bos_token}[INST] {(system + chr(10) * 2) if system else ''}{prompt.strip()} [/INST]"
+    def _encode_parts(self, parts):
+        """Ids of a rendered chat: parts are template text (str), control tokens (Control) and data text (Data).
+        Runs of text between control tokens are encoded as one string, as tokenizers does for a whole template
+        string; a run holding data text with a control-token string in it is encoded with control tokens off."""
+        ids, run, dirty = [], [], False
+
+        def flush():
+            if run:
+                text = "".join(run)
+                # a run after a control token: encoded behind one so that prefix-space rules see it mid-string
+                marker = self.tok.id_to_token(ids[-1]) if ids else None
+                if dirty:
+                    ids.extend(self.encode(text))
+                elif marker in self.added_tokens:
+                    ids.extend(self.tok.encode(marker + text, add_special_tokens=False).ids[1:])
+                else:
+                    ids.extend(self.tok.encode(text, add_special_tokens=False).ids)
+            run.clear()
+
+        for part in parts:
+            if isinstance(part, Control):
+                flush()
+                dirty = False
+                token_id = self.tok.token_to_id(part)
+                if token_id is None:  # a template marker this vocabulary lacks: it is plain text then
+                    run.append(str(part))
+                    continue
+                ids.append(token_id)
+            else:
+                dirty = dirty or (isinstance(part, Data) and any(t in part for t in self.control_strings))
+                run.append(str(part))
+        flush()
+        return ids
+
+    def render(self, prompt, system=None):
+        """The chat template's parts for a prompt (text: one user turn; a Conversation: its turns) up to and
+        including the assistant header. The system turn: the conversation's own, else `system`, else the
+        template's default; a format without a system role (mistral, gemma) folds it into the first user turn."""
+        messages = list(prompt.messages) if isinstance(prompt, Conversation) else [("user", prompt)]
+        if messages[0][0] == "system":
+            system = messages.pop(0)[1]
+        elif system is None:
+            system = self.default_system
+        C, D, fmt = Control, Data, self.chat_format
+        parts, bos = [], [C(self.bos_token)] if self.bos_token else []
+        if fmt == "chatml":
+            if system:
+                parts += [C("<|im_start|>"), "system\n", D(system), C("<|im_end|>"), "\n"]
+            for role, content in messages:
+                parts += [C("<|im_start|>"), f"{role}\n", D(content), C("<|im_end|>"), "\n"]
+            parts += [C("<|im_start|>"), "assistant\n"]
+        elif fmt == "llama3":  # the template trims every message
+            parts += bos
+            for role, content in ([("system", system)] if system else []) + messages:
+                parts += [C("<|start_header_id|>"), role, C("<|end_header_id|>"), "\n\n", D(content.strip()),
+                          C("<|eot_id|>")]
+            parts += [C("<|start_header_id|>"), "assistant", C("<|end_header_id|>"), "\n\n"]
+        elif fmt == "mistral":
+            parts += bos
+            for i, (role, content) in enumerate(messages):
+                if role == "user":
+                    lead = (system + "\n\n") if system and i == 0 else ""
+                    parts += [C("[INST]"), " ", D(lead + content.strip()), " ", C("[/INST]")]
+                else:
+                    parts += [D(content.strip())] + ([C(self.eos_token)] if self.eos_token else [])
+        elif fmt == "gemma":  # Gemma's template: "assistant" is "model", a system message opens the first user turn
+            parts += bos
+            for i, (role, content) in enumerate(messages):
+                lead = (system + "\n\n") if system and i == 0 else ""
+                parts += [C("<start_of_turn>"), ("model" if role == "assistant" else "user") + "\n",
+                          D(lead + content.strip()), C("<end_of_turn>"), "\n"]
+            parts += [C("<start_of_turn>"), "model\n"]
         else:
-            raise ModelError(f"unknown chat format {self.chat_format!r}")
-        ids = self.encode(head)
+            raise ModelError(f"unknown chat format {fmt!r}")
+        return parts
+
+    def chat(self, prompt, response=None, system=None):
+        """(ids, response_start): the prompt (text: a user turn; a Conversation: all its turns) rendered by the
+        chat format, then the assistant turn's header; with a response, its tokens and the end-of-turn token.
+        response_start indexes the first response token. Prompt and response text is data: control-token strings
+        in it are encoded as characters."""
+        ids = self._encode_parts(self.render(prompt, system))
         start = len(ids)
         if response is not None:
             ids = ids + self.encode(response) + [self.eot_id]
         return ids, start
 
 
+class Control(str):
+    """A control token the chat template inserts (encoded as its id)."""
+
+
+class Data(str):
+    """Text of the data inside a chat template (control-token strings in it stay characters)."""
+
+
 def detect_chat_format(template, vocab):
-    """Which of the three chat formats the checkpoint uses, from its chat template or, failing that, its vocab."""
+    """Which of the four chat formats the checkpoint uses, from its chat template or, failing that, its vocab."""
     text = template or ""
+    if "<start_of_turn>" in text or (not text and "<start_of_turn>" in vocab):
+        return "gemma"
     if "<|im_start|>" in text or (not text and "<|im_start|>" in vocab):
         return "chatml"
     if "<|start_header_id|>" in text or (not text and "<|start_header_id|>" in vocab):
@@ -86,7 +176,7 @@ def make_tokenizer(tok, template, specials, name):
     {"bos", "eos", "pad"} (token strings or None); the end-of-turn token follows from the chat format."""
     vocab = tok.get_vocab()
     fmt = detect_chat_format(template, vocab)
-    eot = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "mistral": specials.get("eos")}[fmt]
+    eot = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "mistral": specials.get("eos"), "gemma": "<end_of_turn>"}[fmt]
     return Tokenizer(tok, chat_format=fmt, bos=specials.get("bos"), eos=specials.get("eos"), pad=specials.get("pad"),
                      eot=eot if eot in vocab else None, system=default_system_prompt(template) if fmt == "chatml" else None,
                      chat_template=template, name=name)
@@ -168,14 +258,17 @@ def _truncate(prompt_ids, keep_head, keep_tail, responses, max_len):
     return prompt_ids, [r[:room] for r in responses], cut > 0
 
 
-def tokenize_pairs(pairs, tokenizer, max_len=512):
+def tokenize_pairs(pairs, tokenizer, max_len=512, keep_identical=False):
     """Tokenize pairs through tokenizer.chat(prompt, response) -> (items, stats).
 
     Each item: {"chosen_ids", "chosen_start", "rejected_ids", "rejected_start", "index"} where ids is the
     chat-template prompt + response + end-of-turn, start the index of the first response token, and index
     the pair's position in `pairs`. Sequences longer than max_len are truncated from the prompt text's left
     (template head and assistant header kept; the same cut for both sides), then the response's right.
-    A pair whose chosen or rejected response is left empty is dropped. stats counts all of it.
+    A pair whose chosen or rejected response is left empty is dropped, and so is one whose chosen and
+    rejected token ids are identical (after truncation, or rendering): it holds no preference, yet would
+    take a share of a step. keep_identical=True keeps those (SFT examples carry the response on both sides).
+    stats counts all of it.
     """
     if max_len < 2:
         raise ValueError(f"max_len must be >= 2, got {max_len}")
@@ -192,7 +285,7 @@ def tokenize_pairs(pairs, tokenizer, max_len=512):
         return list(ids[:start]), list(ids[start:])
 
     stats = {"pairs": len(pairs), "items": 0, "truncated_prompt": 0, "truncated_response": 0,
-             "dropped_empty_response": 0, "tokens": 0, "response_tokens": 0, "longest": 0, "max_len": max_len}
+             "dropped_empty_response": 0, "dropped_identical": 0, "tokens": 0, "response_tokens": 0, "longest": 0, "max_len": max_len}
     items = []
     for index, p in enumerate(tqdm(pairs, desc="tokenizing", unit="pair", disable=len(pairs) < 2000, leave=False)):
         prompt_c, resp_c = chat(p["prompt"], p["chosen"])
@@ -212,6 +305,9 @@ def tokenize_pairs(pairs, tokenizer, max_len=512):
             stats["dropped_empty_response"] += 1
             continue
         (pc, rc), (pr, rr) = out
+        if pc + rc == pr + rr and not keep_identical:
+            stats["dropped_identical"] += 1
+            continue
         item = {"chosen_ids": pc + rc, "chosen_start": len(pc), "rejected_ids": pr + rr, "rejected_start": len(pr),
                 "index": index}
         items.append(item)
@@ -227,4 +323,5 @@ def tokens_summary(stats):
             f"({stats['response_tokens']:,} response tokens), longest sequence {stats['longest']:,} "
             f"(max_len {stats['max_len']:,}); truncated: {stats['truncated_prompt']:,} prompts, "
             f"{stats['truncated_response']:,} responses; {stats['dropped_empty_response']:,} pairs dropped "
-            f"(response empty after truncation)")
+            f"(response empty after truncation), {stats['dropped_identical']:,} dropped (chosen and rejected "
+            f"token-identical after truncation)")

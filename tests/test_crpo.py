@@ -695,3 +695,75 @@ def test_bf16_weights_with_lora_train(tiny, ratings, tmp_path):
     assert state["weights"] and all(v.dtype == torch.bfloat16 for v in state["weights"].values())
     assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2]
     assert all(math.isfinite(r["loss"]) for r in read_metrics(str(tmp_path)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# a training stage started from an earlier LoRA stage (issue 22)
+
+FIELD = os.path.join(ROOT, "tests", "data", "field_cases")
+
+
+def stage(capsys, data_path, model_path, out, *extra):
+    """Run one 1-step CrPO stage -> (trainable parameters, all parameters, step-1 metrics row)."""
+    assert crpo.main(["--data", data_path, "--model", model_path, "--out", str(out), "--batch-size", "2",
+                      "--val-frac", "0", "--max-len", "64", "--max-steps", "1", "--eval-every", "0", "--seed", "1",
+                      "--device", "cpu", "--no-final-state", *extra]) == 0
+    log = capsys.readouterr().out
+    line = next(s for s in log.splitlines() if s.startswith("model: "))
+    total, trainable = (int(w.replace(",", "")) for w in line.split()[1:4:2])
+    return trainable, total, read_metrics(str(out))[0]
+
+
+def test_lora_stage_from_a_lora_stage_trains_a_new_adapter_against_the_model_it_starts_from(tiny, tmp_path, capsys):
+    """The handed file: an SFT stage with --lora-rank 4 writes out/adapter; every way of starting the next stage
+    from it trains what was asked (a new adapter, or every weight) with the reference equal to the starting
+    model, so the step-1 rewards are exactly 0; the new adapter records the old one and loads back."""
+    prefs = os.path.join(FIELD, "sft_adapter_as_model_pref6.jsonl")
+    sft = tmp_path / "sft"
+    assert crpo.main(["--data", prefs, "--model", tiny, "--out", str(sft), "--objective", "sft", "--lora-rank", "4",
+                      "--max-steps", "3", "--lr", "5e-2", "--val-frac", "0", "--device", "cpu", "--no-final-state"]) == 0
+    capsys.readouterr()
+    adapter = str(sft / "adapter")
+    fresh, _ = checkpoint.load(tiny)
+    n_lora, n_all = sum(p.numel() for p in model.add_lora(fresh, rank=4, alpha=8.0)), sum(
+        p.numel() for p in checkpoint.load(tiny)[0].parameters())
+    combos = {"adapter + lora": ([adapter, "--lora-rank", "4"], n_lora),
+              "adapter, full fine-tuning": ([adapter], n_all),
+              "adapter as model and reference": ([adapter, "--ref-model", adapter], n_all),
+              "adapter as model and reference + lora": ([adapter, "--ref-model", adapter, "--lora-rank", "4"], n_lora),
+              "merged folder + lora": ([str(sft), "--lora-rank", "4"], n_lora),
+              "merged folder, adapter as reference": ([str(sft), "--ref-model", adapter], n_all)}
+    chosen_logps = {}
+    for i, (name, (extra, trainable_expected)) in enumerate(combos.items()):
+        trainable, total, row = stage(capsys, prefs, extra[0], tmp_path / f"s{i}", *extra[1:])
+        assert trainable == trainable_expected and total == n_all + (n_lora if "--lora-rank" in extra else 0), name
+        assert row["rewards_chosen"] == 0.0 and row["rewards_rejected"] == 0.0 and row["reward_margin"] == 0.0, name
+        assert row["grad_norm"] > 0, name  # something trains
+    # the stage-2 adapter names the SFT adapter as its base, and loads back as SFT merged + the new adapter
+    cfg = json.loads(open(tmp_path / "s0" / "adapter" / "adapter_config.json").read())
+    assert cfg["base_model_name_or_path"] == os.path.abspath(adapter)
+    stacked, tok = checkpoint.load(tmp_path / "s0" / "adapter")
+    merged_stage2, _ = checkpoint.load(tmp_path / "s0")
+    sft_model, _ = checkpoint.load(adapter, merge_adapter=True)
+    ids = torch.tensor([tok.chat("Invent a new use for a brick.", "Carve a small garden of moss into its holes.")[0]])
+    with torch.no_grad():
+        assert torch.allclose(stacked(ids), merged_stage2(ids), rtol=0, atol=1e-5)
+        with model.lora_disabled(stacked):
+            assert torch.equal(stacked(ids), sft_model(ids))  # "LoRA off" is the SFT model, not the bare base
+        assert not torch.allclose(sft_model(ids), checkpoint.load(tiny)[0](ids), atol=1e-4)  # SFT changed it
+
+
+def test_lora_stage_from_an_adapter_of_the_embedded_gguf(tmp_path, capsys):
+    """A GGUF base (the embedded default) with an adapter on it, then a new LoRA stage: rank-2 adapters on q_proj
+    only, 30 layers x (576 x 2 + 2 x 576) parameters, step-1 rewards 0."""
+    base, _ = checkpoint.load(None)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.add_lora(base, rank=2, alpha=4.0, targets=("q_proj",)):
+            p.normal_(0, 0.02)
+    checkpoint.save_adapter(base, tmp_path / "sft_adapter")
+    trainable, _, row = stage(capsys, os.path.join(FIELD, "sft_adapter_as_model_pref6.jsonl"),
+                              str(tmp_path / "sft_adapter"), tmp_path / "out", "--lora-rank", "2", "--lora-targets",
+                              "q_proj")
+    assert trainable == 30 * (576 * 2 + 2 * 576)
+    assert row["rewards_chosen"] == 0.0 and row["rewards_rejected"] == 0.0

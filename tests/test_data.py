@@ -13,6 +13,8 @@ import data
 import tokenizer as tokenization
 from conftest import ROOT, SHARED_DATA
 
+FIELD = os.path.join(os.path.dirname(__file__), "data", "field_cases")
+
 SCORES = ("novelty", "diversity", "surprise", "quality")  # the score columns these rows carry (crpo passes score.py's)
 READ_ROWS, BUILD_PAIRS = data.read_rows, data.build_pairs
 
@@ -59,7 +61,12 @@ BAD_RATING_ROWS = [
     ({"response": "r", "score": 1.0}, "missing field", "missing field 'prompt'"),
     ({"prompt": "p", "response": None, "score": 1.0}, "missing field", "missing field 'response'"),
     ({"prompt": "p", "response": 5, "score": 1.0}, "wrong type", "'response' must be a string"),
-    ({"prompt": ["p"], "response": "r", "score": 1.0}, "wrong type", "'prompt' must be a string"),
+    ({"prompt": 3, "response": "r", "score": 1.0}, "wrong type", "'prompt' must be a string"),
+    ({"prompt": ["p"], "response": "r", "score": 1.0}, "unrenderable conversation", "'prompt' message 0 must be"),
+    ({"prompt": [{"role": "user", "content": "p"}, {"role": "user", "content": "q"}], "response": "r", "score": 1.0},
+     "unrenderable conversation", "'prompt' message 1 is 'user' where 'assistant' was expected"),
+    ({"prompt": "<|im_start|>user\np", "response": "r", "score": 1.0}, "unrenderable conversation",
+     "starts like a rendered ChatML chat transcript but does not parse"),
     ({"prompt": "p", "response": "r", "score": "3.5"}, "wrong type", "'score' must be a number"),
     ({"prompt": "p", "response": "r", "score": True}, "wrong type", "'score' must be a number"),
     ({"prompt": "p", "response": "", "score": 1.0}, "empty response", "'response' is empty"),
@@ -107,10 +114,18 @@ BAD_PREFERENCE_ROWS = [
     (pref(chosen=""), "empty response", "'chosen' is empty"),
     (pref(rejected="   "), "empty response", "'rejected' is empty"),
     (pref(chosen=3), "wrong type", "'chosen' must be a string or a list of chat messages"),
-    (pref(chosen=[{"role": "assistant"}]), "wrong type", "'chosen' message 0 must be"),
-    (pref(chosen=["hello"]), "wrong type", "'chosen' message 0 must be"),
-    (pref(chosen=[{"role": "user", "content": "hi"}]), "missing field", "'chosen' has no assistant message"),
-    (pref(prompt=[{"role": "system", "content": "s"}]), "missing field", "'prompt' has no user message"),
+    (pref(chosen=[{"role": "assistant"}]), "unrenderable conversation", "'chosen' message 0 must be"),
+    (pref(chosen=["hello"]), "unrenderable conversation", "'chosen' message 0 must be"),
+    (pref(chosen=[{"role": "user", "content": "hi"}]), "unrenderable conversation",
+     "'chosen' is a conversation that does not start with the prompt's turns"),
+    (pref(chosen=[{"role": "user", "content": "p"}]), "unrenderable conversation",
+     "'chosen' must end in exactly one assistant message after the prompt, got nothing"),
+    (pref(chosen=[{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]),
+     "unrenderable conversation", "'chosen' must end in exactly one assistant message after the prompt, got assistant, user"),
+    (pref(prompt=[{"role": "system", "content": "s"}]), "unrenderable conversation", "'prompt' ends with a system turn"),
+    ({"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+      "rejected": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]},
+     "unrenderable conversation", "share no prompt turns"),
     (pref(novelty_chosen=-0.1), "score out of range", "'novelty_chosen' is -0.1"),
     ('{"prompt": "p", "chosen": "c", "rejected": "r", "surprise_rejected": NaN}', "non-finite score",
      "'surprise_rejected' is nan"),
@@ -219,13 +234,51 @@ def test_preference_rows_strings_and_chat_messages(tmp_path):
     rows, report = data.read_rows(write(tmp_path, lines))
     assert report.kind == "preference" and report.kept == 3
     assert [(r["prompt"], r["chosen"], r["rejected"]) for r in rows] == [
-        ("plain", "yes", "no"), ("second", "C", "R"), ("implicit", "C2", "R2")]
+        ("plain", "yes", "no"), ("System: be brief\n\nUser: first\n\nAssistant: ok\n\nUser: second", "C", "R"),
+        ("implicit", "C2", "R2")]
+    assert rows[1]["prompt"].messages == (("system", "be brief"), ("user", "first"), ("assistant", "ok"), ("user", "second"))
+    assert report.conversations == 2 and "2 rows with the prompt as chat messages" in report.summary()
     assert rows[0]["extra"] == "kept" and rows[0]["novelty_chosen"] == 0.75
     pairs, stats = data.build_pairs(rows)
     assert pairs[0] == {"prompt": "plain", "chosen": "yes", "rejected": "no", "score_chosen": 5.0,
                         "score_rejected": None, "novelty_chosen": 0.75, "novelty_rejected": 0.25}
     assert pairs[1]["score_chosen"] is None and "novelty_chosen" not in pairs[1]
     assert stats["pairs"] == 3 and stats["identical_dropped"] == 0
+
+
+def test_conversation_layouts_keep_every_turn(tmp_path):
+    """The handed rows (explicit [system, user, assistant, user] prompt; TRL implicit prompt with a system message),
+    a rating row whose prompt is a message list, UltraFeedback's layout (chosen repeats the prompt), a multi-turn
+    implicit prompt, and a transcript prompt with control-token strings: every turn and system message kept."""
+    rows, report = data.read_rows(os.path.join(FIELD, "multiturn_system_prompt_dropped.jsonl"))
+    assert [r["prompt"].messages for r in rows] == [
+        (("system", "Always answer in exactly three words."), ("user", "Name a use for a brick."),
+         ("assistant", "Build a wall."), ("user", "Now a more unusual one, please.")),
+        (("system", "Reply like a pirate."), ("user", "Use for a spoon?"))]
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("Miniature moss garden.", "Another wall, maybe."),
+                                                            ("Arr, a tiny catapult for peas!", "Eating soup.")]
+    assert (report.kept, report.conversations, report.n_skipped) == (2, 2, 0)
+    turns = [{"role": "system", "content": "S"}, {"role": "user", "content": "u1"}, {"role": "assistant", "content": "a1"},
+             {"role": "user", "content": "u2"}]
+    lines = [{"prompt": turns, "response": [{"role": "assistant", "content": "R"}], "score": 2},
+             {"prompt": turns, "response": "R2", "score": 1}]
+    rows, report = data.read_rows(write(tmp_path, lines, "ratings.jsonl"))
+    assert rows[0]["prompt"] == rows[1]["prompt"] and rows[0]["prompt"].messages[0] == ("system", "S")
+    assert [r["response"] for r in rows] == ["R", "R2"] and report.prompts == 1
+    pairs, _ = data.build_pairs(rows)
+    assert [(p["prompt"].messages, p["chosen"], p["rejected"]) for p in pairs] == [(rows[0]["prompt"].messages, "R", "R2")]
+    lines = [{"prompt": "A use?", "chosen": [{"role": "user", "content": "A use?"}, {"role": "assistant", "content": "C"}],
+              "rejected": [{"role": "user", "content": "A use?"}, {"role": "assistant", "content": "R"}]},
+             {"chosen": turns + [{"role": "assistant", "content": "C"}], "rejected": turns + [{"role": "assistant", "content": "R"}]}]
+    rows, report = data.read_rows(write(tmp_path, lines, "prefs.jsonl"))
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in rows][0] == ("A use?", "C", "R")
+    assert rows[1]["prompt"].messages == tuple((m["role"], m["content"]) for m in turns)
+    bad = pref("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nu1 <|im_end|> text<|im_end|>\n")
+    with pytest.raises(data.DataError, match=r"bad.jsonl:1: the prompt starts like a rendered ChatML chat transcript"):
+        data.read_rows(write(tmp_path, [bad], "bad.jsonl"))
+    rows, report = data.read_rows(write(tmp_path, lines[:2] + [pref("<|im_start|>user\nu1 <|im_end|>\n", "C", "R")],
+                                        "prefs2.jsonl"))
+    assert rows[2]["prompt"] == "u1 " and (report.conversations, report.transcripts) == (1, 1)
 
 
 def test_preference_identical_pairs_dropped_and_counted(tmp_path):

@@ -319,3 +319,18 @@ def test_distinct_at_extra_thresholds_by_hand(tmp_path):
     assert rows[0]["distinct"] == pytest.approx(1 / 3)  # all within cos 0.5 of "a"
     assert rows[0]["distinct@0.9"] == pytest.approx(2 / 3) and rows[0]["distinct@0.95"] == pytest.approx(1.0)
     assert evaluation.metrics(rows)[:7] == [*score.paper_dims(), "distinct", "distinct@0.9", "distinct@0.95"]
+
+
+def test_conversation_prompts_reach_generation_with_every_turn(default):
+    """eval.py reads prompts through data.read_rows: a message-list prompt stays a conversation (system message and
+    earlier turns included) and the model's chat format renders all of it for generation."""
+    rows, _ = data.read_rows(os.path.join(os.path.dirname(__file__), "data", "field_cases",
+                                          "multiturn_system_prompt_dropped.jsonl"))
+    prompts, reference = evaluation.read_prompts(rows)
+    assert reference is None and [p.messages[0] for p in prompts] == [
+        ("system", "Always answer in exactly three words."), ("system", "Reply like a pirate.")]
+    _, tok = default
+    text = tok.tok.decode(tok.chat(prompts[0])[0], skip_special_tokens=False)
+    assert text == ("<|im_start|>system\nAlways answer in exactly three words.<|im_end|>\n<|im_start|>user\nName a use "
+                    "for a brick.<|im_end|>\n<|im_start|>assistant\nBuild a wall.<|im_end|>\n<|im_start|>user\nNow a "
+                    "more unusual one, please.<|im_end|>\n<|im_start|>assistant\n")

@@ -1,11 +1,16 @@
 """tokenizer.py: chat-format detection and rendering by hand, and the embedded default's tokenizer and chat
 template against transformers' own GGUF reading."""
 import json
+import os
 
+import pytest
+from tokenizers import AddedToken, decoders
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
 
+import data
 import tokenizer
+from conversation import Conversation, as_prompt
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
 SMOL_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM<|im_end|>\n"
@@ -48,9 +53,9 @@ def test_default_tokenizer_and_chat_template_match_transformers(default, hf_defa
     _, hf_tok = hf_default
     for text in ["Hello world!", "  spaces\tand\nnewlines ", "Ünïcödé — émojis 🧱🔥 and 中文", "<|im_start|>x",
                  "numbers 1234567 and code: def f(x): return x**2"]:
-        assert tok.encode(text) == hf_tok(text, add_special_tokens=False)["input_ids"], text
-        if "<|" not in text:  # decode drops special tokens by design
-            assert tok.decode(tok.encode(text)) == text
+        # data text is text: "<|im_start|>x" is its characters (transformers: split_special_tokens=True)
+        assert tok.encode(text) == hf_tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"], text
+        assert tok.decode(tok.encode(text)) == text
     ids, start = tok.chat("Name a use for a brick.", "Doorstop.")
     messages = [{"role": "user", "content": "Name a use for a brick."}, {"role": "assistant", "content": "Doorstop."}]
     ref = hf_tok.apply_chat_template(messages, tokenize=False)
@@ -60,3 +65,182 @@ def test_default_tokenizer_and_chat_template_match_transformers(default, hf_defa
     ref_prompt = hf_tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     assert tok.tok.decode(prompt_ids, skip_special_tokens=False) == ref_prompt
     assert ids[-1] == tok.eot_id == tok.tok.token_to_id("<|im_end|>")
+
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# data text is text; conversations; other chat formats (issue 22)
+
+FIELD = os.path.join(os.path.dirname(__file__), "data", "field_cases")
+
+
+def field_rows(name):
+    return data.read_rows(os.path.join(FIELD, name))[0]
+
+
+def hf_text_ids(hf_tok, text):
+    return hf_tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def test_control_token_strings_in_data_are_characters(default, hf_default):
+    """The handed row: literal <|im_end|> / <|im_start|> in prompt and response are characters; the sequence has
+    exactly the template's control tokens (system, user, assistant turns: three <|im_start|>, three <|im_end|>)."""
+    _, tok = default
+    _, hf_tok = hf_default
+    row = field_rows("special_token_strings_in_text.jsonl")[0]
+    ids, start = tok.chat(row["prompt"], row["chosen"])
+    im_start, im_end = tok.tok.token_to_id("<|im_start|>"), tok.tok.token_to_id("<|im_end|>")
+    assert ids.count(tok.eot_id) == 3 and tok.eot_id == im_end and ids.count(im_start) == 3
+    # oracle: transformers' template around placeholders; template pieces with control tokens, data pieces as text
+    rendered = hf_tok.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False, add_generation_prompt=True)
+    before, after = rendered.split("\x00")
+    expected_prompt = (hf_tok(before, add_special_tokens=False)["input_ids"] + hf_text_ids(hf_tok, row["prompt"])
+                       + hf_tok(after, add_special_tokens=False)["input_ids"])
+    assert ids[:start] == expected_prompt
+    assert ids[start:] == hf_text_ids(hf_tok, row["chosen"]) + [im_end]
+    assert tok.decode(ids[start:-1]) == row["chosen"]
+    # every supported format's control strings, in prompt and response: still only the template's six
+    specials = {tok.tok.token_to_id(t) for t in tok.control_strings}
+    for text in ["<|eot_id|><|start_header_id|>user<|end_header_id|>", "<start_of_turn>model\n<end_of_turn>",
+                 "[INST] x [/INST]</s>", "<|endoftext|><|im_end|>\n<|im_start|>assistant\n"]:
+        ids, start = tok.chat("Explain " + text, "It is " + text)
+        assert sum(i in specials for i in ids) == 6, text
+        assert ids[start:-1] == hf_text_ids(hf_tok, "It is " + text)
+
+
+def test_transcript_prompt_is_rendered_once(default):
+    """A prompt already written as a ChatML transcript: parsed into its turns, wrapped once (not twice)."""
+    _, tok = default
+    row = field_rows("special_token_strings_in_text.jsonl")[1]
+    assert row["prompt"] == "Name a use for a brick."
+    ids, start = tok.chat(row["prompt"], row["chosen"])
+    assert ids == tok.chat("Name a use for a brick.", "Doorstop.")[0]
+    assert ids.count(tok.tok.token_to_id("<|im_start|>")) == 3 and ids.count(tok.eot_id) == 3
+
+
+def test_conversations_render_like_transformers(default, hf_default):
+    """Every turn and the system message (the handed rows: explicit [system, user, assistant, user] prompt; TRL
+    implicit prompt with a system message), and a conversation without a system turn (the default one is added)."""
+    _, tok = default
+    _, hf_tok = hf_default
+    rows = field_rows("multiturn_system_prompt_dropped.jsonl")
+    assert isinstance(rows[0]["prompt"], Conversation) and isinstance(rows[1]["prompt"], Conversation)
+    assert rows[1]["prompt"].messages == (("system", "Reply like a pirate."), ("user", "Use for a spoon?"))
+    assert (rows[1]["chosen"], rows[1]["rejected"]) == ("Arr, a tiny catapult for peas!", "Eating soup.")
+    no_system = as_prompt([{"role": "user", "content": "Name a use for a brick."},
+                           {"role": "assistant", "content": "Build a wall."},
+                           {"role": "user", "content": "Now a more unusual one, please."}])
+    for prompt, response in [(rows[0]["prompt"], rows[0]["chosen"]), (rows[1]["prompt"], rows[1]["rejected"]),
+                             (no_system, "Moss garden.")]:
+        messages = [{"role": r, "content": c} for r, c in prompt.messages] + [{"role": "assistant", "content": response}]
+        ids, start = tok.chat(prompt, response)
+        expected = hf_tok.apply_chat_template(messages, tokenize=True, return_dict=False)
+        assert ids == expected[:-1]  # the template ends the turn with "\n" after <|im_end|>; ours stops at <|im_end|>
+        assert ids[:start] == hf_tok.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True,
+                                                         return_dict=False)
+    text = tok.tok.decode(tok.chat(rows[0]["prompt"])[0], skip_special_tokens=False)
+    assert "Always answer in exactly three words." in text and "Build a wall." in text and "Name a use" in text
+    # SFT examples of conversation rows (chosen == rejected) tokenize to the same rendering and are kept
+    sft = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["chosen"]} for r in rows]
+    items, stats = tokenizer.tokenize_pairs(sft, tok, max_len=512, keep_identical=True)
+    assert [it["chosen_ids"] for it in items] == [tok.chat(r["prompt"], r["chosen"])[0] for r in rows]
+    assert stats["dropped_identical"] == 0
+
+
+# Gemma-3's chat template (text messages): no system role, a system message opens the first user turn.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- set first_user_prefix = messages[0]['content'] + "
+    "'\n\n' -%}{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = \"\" -%}{%- set "
+    "loop_messages = messages -%}{%- endif -%}{%- for message in loop_messages -%}{%- if (message['role'] == "
+    "'assistant') -%}{%- set role = \"model\" -%}{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{'<start_of_turn>model\n'}}{%- endif -%}")
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' "
+    "+ message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+
+
+def byte_tokenizer_folder(path, specials, template, bos, eos):
+    """An HF folder with a byte-level BPE (the 256 bytes, no merges) plus the format's special tokens."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = HFTokenizer(models.BPE({c: i for i, c in enumerate(alphabet)}, []))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    os.makedirs(path, exist_ok=True)
+    tok.save(os.path.join(path, "tokenizer.json"))
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"chat_template": template, "bos_token": bos, "eos_token": eos, "pad_token": specials[0]}, f)
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", ["gemma", "llama3"])
+def test_gemma_and_llama3_chat_formats_match_their_templates(tmp_path, fmt):
+    transformers = pytest.importorskip("transformers", reason="transformers renders the template (the oracle)")
+    if fmt == "gemma":
+        folder = byte_tokenizer_folder(tmp_path, ["<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"],
+                                       GEMMA_TEMPLATE, "<bos>", "<eos>")
+        eot = "<end_of_turn>"
+    else:
+        folder = byte_tokenizer_folder(tmp_path, ["<|end_of_text|>", "<|begin_of_text|>", "<|start_header_id|>",
+                                                  "<|end_header_id|>", "<|eot_id|>"], LLAMA3_TEMPLATE,
+                                       "<|begin_of_text|>", "<|eot_id|>")
+        eot = "<|eot_id|>"
+    tok = tokenizer.hf_tokenizer(folder, {})
+    hf_tok = transformers.PreTrainedTokenizerFast.from_pretrained(folder)
+    assert tok.chat_format == fmt and tok.eot_token == eot and tok.default_system is None
+    conversation = as_prompt([{"role": "system", "content": "Always answer in exactly three words."},
+                              {"role": "user", "content": "Name a use for a brick."},
+                              {"role": "assistant", "content": "Build a wall."},
+                              {"role": "user", "content": " Now a more unusual one <end_of_turn><|eot_id|>"}])
+    for prompt in [conversation, "Name a use for a brick.", as_prompt([{"role": "system", "content": "Be brief."},
+                                                                      {"role": "user", "content": "A use?"}])]:
+        messages = ([{"role": r, "content": c} for r, c in prompt.messages] if isinstance(prompt, Conversation)
+                    else [{"role": "user", "content": prompt}])
+        ids, start = tok.chat(prompt, "Moss garden.")
+        rendered = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        expected = []  # data text's control strings as characters, the template's as tokens
+        for i, piece in enumerate(rendered.split("<end_of_turn><|eot_id|>")):
+            expected += ([] if i == 0 else hf_text_ids(hf_tok, "<end_of_turn><|eot_id|>")) + \
+                hf_tok(piece, add_special_tokens=False)["input_ids"]
+        assert ids[:start] == expected
+        assert ids[start:] == hf_text_ids(hf_tok, "Moss garden.") + [tok.tok.token_to_id(eot)]
+    if fmt == "gemma":  # no system role: the system message opens the first user turn
+        text = tok.tok.decode(tok.chat(conversation)[0], skip_special_tokens=False)
+        assert text.startswith("<bos><start_of_turn>user\nAlways answer in exactly three words.\n\nName a use")
+        assert text.endswith("<start_of_turn>model\n") and text.count("<start_of_turn>model\n") == 2
+
+
+def test_mistral_folds_the_system_message_into_the_first_user_turn():
+    words = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "sys", "hi", "ok", "again", "yes"]
+    tok = word_tokenizer(words)
+    tok.add_special_tokens(["<s>", "</s>", "[INST]", "[/INST]"])
+    t = tokenizer.make_tokenizer(tok, "[INST] {{ content }} [/INST]", {"bos": "<s>", "eos": "</s>"}, "m")
+    prompt = as_prompt([{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "ok"}, {"role": "user", "content": "again"}])
+    ids, start = t.chat(prompt, "yes")
+    # <s>[INST] sys\n\nhi [/INST]ok</s>[INST] again [/INST]yes</s>
+    assert [words[i] for i in ids] == ["<s>", "[INST]", "sys", "hi", "[/INST]", "ok", "</s>", "[INST]", "again",
+                                       "[/INST]", "yes", "</s>"] and start == 10
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# pairs that truncation makes identical
+
+def test_pairs_identical_after_truncation_are_dropped_and_counted(default):
+    _, tok = default
+    pairs = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+             for r in field_rows("identical_after_truncation_maxlen64.jsonl")]
+    items, stats = tokenizer.tokenize_pairs(pairs, tok, max_len=64)
+    assert [it["index"] for it in items] == [1] and stats["dropped_identical"] == 1 and stats["items"] == 1
+    assert "1 dropped (chosen and rejected token-identical after truncation)" in tokenizer.tokens_summary(stats)
+    items, stats = tokenizer.tokenize_pairs(pairs, tok, max_len=512)  # room for the differing endings: both kept
+    assert stats["dropped_identical"] == 0 and len(items) == 2
+    # the same texts differing only after the cut, each a different length; SFT examples (same text) are kept
+    long = "word " * 80
+    pairs = [{"prompt": "p", "chosen": long + "a", "rejected": long + "b c d"}, {"prompt": "p", "chosen": "x", "rejected": "x"}]
+    items, stats = tokenizer.tokenize_pairs(pairs, tok, max_len=40)
+    assert stats["dropped_identical"] == 2 and items == []
+    items, stats = tokenizer.tokenize_pairs(pairs, tok, max_len=40, keep_identical=True)
+    assert stats["dropped_identical"] == 0 and len(items) == 2
