@@ -25,15 +25,20 @@ t = (y - mean_x y) / sd_x y (only the order inside a prompt is asked of the scor
     beta     = argmin sum_r w_r (t_r - z_r . beta)^2 + lambda * n * |beta|^2,   w_r = n_x^-1/2
     (row weights between "every response counts the same" and "every prompt counts the same": the
     validity metric averages over prompts, and prompts range from 30 to 5,000 responses)
+    y(r)     = y_hat(r) + gamma min(0, a(r) - a_0)    (gamma 10, a_0 0.3: rarity alone rewards nonsense)
+    a(r)     = the same head fitted to 1 for human answers and 0 for probes.py's negatives (gibberish, random
+               words, shuffled answers, unrelated text, other prompts' answers, non-answers, rambles; built
+               from the training prompts only), each prompt's weight n_x^1/2 split half and half
 
 Validity is measured by prompt-grouped cross-validation (no prompt on both sides of a fold): the mean
 per-prompt Spearman correlation with the human rating, and the partial Spearman with length held fixed.
 
     python originality.py fit --data data/dt_ratings.jsonl.gz --out scorers/originality
 
-Measured (data/dt_ratings.jsonl.gz, 44 prompts, 5 prompt-grouped folds, seed 0, one core): mean per-prompt
-Spearman +0.621 +- 0.019 (partial, length in chars held fixed, +0.576), beside length +0.277 and
-diversity +0.183; ridge alone +0.596; unweighted rows +0.614; 4 MLPs +0.623; seed-1 folds +0.620.
+Measured (data/dt_ratings.jsonl.gz, 44 prompts, 5 prompt-grouped folds, seed 0): mean per-prompt Spearman
++0.618 +- 0.019 (partial, length in chars held fixed, +0.572), beside length +0.277 and diversity +0.183;
+before the answer head (2 MLPs, no negatives) +0.621: the price of rating nonsense low (README).
+Earlier choices: ridge alone +0.596; unweighted rows +0.614; seed-1 folds +0.620.
 On a task left out of training: 0.47 (alternate uses) to 0.63 (sentence completion).
 """
 import argparse
