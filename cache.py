@@ -99,3 +99,23 @@ def new_stats():
 def cache_name(m):
     """What identifies a model in cache keys: its name plus a hash of its weights (when it has any)."""
     return f"{m.name}|{model_fingerprint(m)}" if isinstance(m, torch.nn.Module) else str(m.name)
+
+
+def disk_embed(encoder, cache_dir=None):
+    """embed(texts) -> unit-norm float32 [n, d], each text encoded once and kept in the score cache (the rows
+    score.embed_texts reads and writes) and in memory, so a refit or a CV rerun encodes nothing twice."""
+    store, namespace, stats, memory = Cache(cache_dir), f"embed|{cache_name(encoder)}", new_stats(), {}
+
+    def compute(missing):
+        missing = sorted(missing, key=len)
+        for i in range(0, len(missing), 256):
+            yield missing[i:i + 256], encoder.embed(missing[i:i + 256], batch_size=64).float().cpu().numpy()
+
+    def embed(texts):
+        texts = list(texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in memory]
+        if missing:
+            memory.update(cached_compute(store, namespace, missing, compute, dtype=np.float32, desc="embed texts",
+                                         show_progress=False, stats=stats))
+        return np.stack([memory[t] for t in texts]) if texts else np.zeros((0, encoder.config.dim), np.float32)
+    return embed

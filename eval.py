@@ -15,6 +15,8 @@ generations g_1..g_k, e(t) the unit-norm sentence embedding, d(u, v) = 1 - cos(u
                                                             else starts a new class (greedy, NoveltyBench-style)
     length_p     = mean_i |words(g_i)|
     distinct-n_p = |unique n-grams| / |n-grams|            over the k generations (n-grams inside each text)
+    on_topic_p   = mean_i [relevance(g_i) >= 0.5]          score.py's relevance: share of generations that answer
+                                                            p, judged against the human answers when there are some
 
 and, for held-out human pairs (x, y_w, y_l) of the evaluated prompts,
 
@@ -44,6 +46,7 @@ import files
 import generate
 import plot
 import originality
+import relevance
 import score
 from conversation import prompt_key
 from measures import unit_rows, word_tokens
@@ -68,7 +71,8 @@ def metrics(per_prompt=()):
     """The reported metrics in table order (per_prompt rows add their distinct@t columns)."""
     extra = sorted({k for r in per_prompt for k in r if k.startswith("distinct@")})
     dims = [d for d in score.DIMENSIONS if not per_prompt or any(d in r for r in per_prompt)]
-    return [*dims, *OTHER_METRICS[:1], *extra, *OTHER_METRICS[1:]]
+    on_topic = ["on_topic"] if not per_prompt or any("on_topic" in r for r in per_prompt) else []
+    return [*dims, *on_topic, *OTHER_METRICS[:1], *extra, *OTHER_METRICS[1:]]
 
 
 class EvalError(Exception):
@@ -158,17 +162,20 @@ def equivalence_classes(E, threshold):
 
 
 def score_generations(generations, *, scorer, tokenizer, encoder, reference=None, threshold=DISTINCT_THRESHOLD,
-                      extra_thresholds=(), cache_dir=None, batch_size=16, show_progress=True, options=None, dims=None):
+                      extra_thresholds=(), cache_dir=None, batch_size=16, show_progress=True, options=None, dims=None,
+                      gate=None):
     """Per-prompt metrics of {prompt: [k texts]} -> list of dicts (prompt order). Novelty, diversity, surprise
     and quality are score.py's RAW values (score_groups' "<dim>_raw"), averaged over the k generations;
     duplicates stay in the group (k identical texts: diversity 0). distinct uses `threshold`; each of
-    extra_thresholds t adds "distinct@t". dims: the score dimensions (default eval_dims())."""
+    extra_thresholds t adds "distinct@t". dims: the score dimensions (default eval_dims()). on_topic: the share
+    with relevance >= relevance.THRESHOLD (always scored); gate: score.py's relevance gate (None: off)."""
     dims = eval_dims() if dims is None else list(dims)
+    scored = dims + ["relevance"] * ("relevance" not in dims)
     prompts = list(generations)
     groups = [{"prompt": p, "responses": list(generations[p])} for p in prompts]
-    results, _ = score.score_groups(groups, dims, model=scorer, tokenizer=tokenizer, encoder=encoder,
+    results, _ = score.score_groups(groups, scored, model=scorer, tokenizer=tokenizer, encoder=encoder,
                                     cache_dir=cache_dir, reference=reference, population=reference,
-                                    batch_size=batch_size, **(options or {}),
+                                    batch_size=batch_size, gate=gate, **(options or {}),
                                     show_progress=show_progress)
     vectors = score.embed_texts(encoder, [t for g in groups for t in g["responses"]], cache_dir=cache_dir,
                                 desc="embed generations", show_progress=show_progress)
@@ -179,11 +186,12 @@ def score_generations(generations, *, scorer, tokenizer, encoder, reference=None
         lengths = [len(word_tokens(t)) for t in texts]
         row = {"prompt": p}
         row.update({d: float(np.mean(res[f"{d}_raw"])) for d in dims})
+        row["on_topic"] = float(np.mean(res["relevance_raw"] >= relevance.THRESHOLD))
         row.update(distinct=len(set(labels)) / len(texts), classes=len(set(labels)), length=float(np.mean(lengths)),
                    distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))
         for t in extra_thresholds:
             row[f"distinct@{t:g}"] = len(set(equivalence_classes(np.stack([vectors[x] for x in texts]), t))) / len(texts)
-        row["per_generation"] = {**{d: [float(v) for v in res[f"{d}_raw"]] for d in dims},
+        row["per_generation"] = {**{d: [float(v) for v in res[f"{d}_raw"]] for d in scored},
                                  "class": labels, "length": lengths}
         rows.append(row)
     return rows
@@ -305,7 +313,8 @@ def markdown_report(out, n_examples=3):
              table(out["models"], markdown=True), "",
              "Novelty, diversity, distinct, distinct-1/2: higher = more varied/original. Surprise: perplexity of the "
              "generations under the one scoring model. Quality: judge p(Yes) that a generation is a sensible answer. "
-             "Length: words. pref_accuracy: how often the model's per-token log-likelihood ranks the higher-rated "
+             "on_topic: share of generations the relevance scorer calls an answer to the prompt (a degenerate or off-topic "
+             "model shows here, whatever its novelty). Length: words. pref_accuracy: how often the model's per-token log-likelihood ranks the higher-rated "
              "human response first (0.5 = chance). Intervals that do not overlap mark differences larger than the "
              "prompt-to-prompt noise.", "", "## Sample generations", ""]
     prompts = list(next(iter(out["models"].values()))["generations"])[:n_examples]
@@ -452,7 +461,7 @@ def run(args):
         t0 = time.perf_counter()
         per_prompt = score_generations(generations, scorer=scorer, tokenizer=scorer_tok, encoder=encoder,
                                        reference=reference, threshold=args.distinct_threshold, options=options,
-                                       dims=args.dims,
+                                       dims=args.dims, gate=args.score_gate,
                                        extra_thresholds=[t for t in _thresholds(args.distinct_extra)
                                                          if t != args.distinct_threshold],
                                        cache_dir=args.cache_dir, batch_size=args.batch_size)

@@ -5,8 +5,12 @@
     write_atomic("train_state.pt", lambda f: torch.save(state, f))
 """
 import gzip
+import hashlib
 import json
+import math
 import os
+
+import numpy as np
 
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -66,3 +70,25 @@ def jsonl_line(obj):
 def write_jsonl(path, objects):
     """One JSON object per line, written atomically."""
     write_atomic(path, lambda f: f.writelines(jsonl_line(obj) + "\n" for obj in objects), mode="w")
+
+
+def file_sha256(path):
+    """The SHA-256 hex digest of a file (a fitted scorer's card names its data file by it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def json_safe(x):
+    """NaN (an undefined correlation, e.g. a constant prediction) -> null, so the card is strict JSON."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return None if math.isnan(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x

@@ -25,30 +25,37 @@ t = (y - mean_x y) / sd_x y (only the order inside a prompt is asked of the scor
     beta     = argmin sum_r w_r (t_r - z_r . beta)^2 + lambda * n * |beta|^2,   w_r = n_x^-1/2
     (row weights between "every response counts the same" and "every prompt counts the same": the
     validity metric averages over prompts, and prompts range from 30 to 5,000 responses)
+    y(r)     = y_hat(r) + gamma min(0, a(r) - a_0)    (gamma 10, a_0 0.3: rarity alone rewards nonsense)
+    a(r)     = the same head fitted to 1 for human answers and 0 for probes.py's negatives (gibberish, random
+               words, shuffled answers, unrelated text, other prompts' answers, non-answers, rambles; built
+               from the training prompts only), each prompt's weight n_x^1/2 split half and half
 
 Validity is measured by prompt-grouped cross-validation (no prompt on both sides of a fold): the mean
 per-prompt Spearman correlation with the human rating, and the partial Spearman with length held fixed.
 
     python originality.py fit --data data/dt_ratings.jsonl.gz --out scorers/originality
 
-Measured (data/dt_ratings.jsonl.gz, 44 prompts, 5 prompt-grouped folds, seed 0, one core): mean per-prompt
-Spearman +0.621 +- 0.019 (partial, length in chars held fixed, +0.576), beside length +0.277 and
-diversity +0.183; ridge alone +0.596; unweighted rows +0.614; 4 MLPs +0.623; seed-1 folds +0.620.
-On a task left out of training: 0.47 (alternate uses) to 0.63 (sentence completion).
+Measured (data/dt_ratings.jsonl.gz, 44 prompts, 5 prompt-grouped folds, seed 0): mean per-prompt Spearman
++0.618 +- 0.019 (partial, length in chars held fixed, +0.572), beside length +0.277 and diversity +0.183;
+before the answer head (2 MLPs, no negatives) +0.621: the price of rating nonsense low (README).
+Earlier choices: ridge alone +0.596; unweighted rows +0.614; seed-1 folds +0.620.
+On a task left out of training: 0.466 (alternate uses) to 0.608 (sentence completion); before 0.47-0.63.
 """
 import argparse
-import hashlib
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 
+import probes
+from cache import disk_embed
 from conversation import prompt_key
+from files import file_sha256, json_safe  # noqa: F401 (originality.json_safe, .file_sha256)
 from measures import word_tokens
 
 TRAINED_ON = ("Trained on English divergent-thinking answers (alternate uses, instances, consequences, sentence "
@@ -64,7 +71,7 @@ class Config:
     ridge_lambda: float = 0.1
     prompt_weight_power: float = 0.5         # row weight n_x^-power: between rows equal (0) and prompts equal (1)
     ridge_weight: float = 1.0 / 3.0
-    mlp_members: int = 2
+    mlp_members: int = 4
     hidden: int = 256
     dropout: float = 0.5
     weight_decay: float = 1e-2
@@ -72,6 +79,11 @@ class Config:
     epochs: int = 20
     batch_size: int = 256
     seed: int = 0
+    negatives: float = 0.02                  # negatives of each probes.KINDS per prompt: max(min, round(frac * n_x))
+    negatives_min: int = 2                   # (0.0: no answer head, the scorer of before)
+    answer_members: int = 2                  # MLPs of the answer head
+    answer_cut: float = 0.3                  # a_0: answer-ness below which the rating is lowered
+    answer_penalty: float = 10.0             # gamma: prompt SDs taken off per unit of answer-ness below a_0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -326,11 +338,51 @@ def featurise(groups, embed, config):
     return {p: group_features(embed, p, rs, None, config) for p, (rs, _, _) in groups.items()}
 
 
-def fit_features(groups, feats, prompts, config):
-    F = np.vstack([feats[p] for p in prompts])
-    t = np.concatenate([standardise_within(np.array(groups[p][1]), np.zeros(len(groups[p][1]))) for p in prompts])
-    w = np.concatenate([np.full(len(groups[p][1]), len(groups[p][1]) ** -config.prompt_weight_power) for p in prompts])
-    return fit_head(F, t, w, config)
+def negative_features(groups, prompts, embed, config):
+    """Each prompt's negatives: probes.training_negatives (style "train") built from the answers of `prompts`
+    only (in CV, the fold's training prompts), max(negatives_min, round(negatives * n_x)) of each kind, and
+    their features against the prompt's human answers -> ({prompt: [n_neg, F]}, {kind: count})."""
+    feats, counts = {}, dict.fromkeys(probes.KINDS, 0)
+    for p in prompts if config.negatives > 0 else ():
+        n = max(config.negatives_min, round(config.negatives * len(groups[p][0])))
+        own = set(groups[p][0])
+        kinds = {k: [t for t in ts if t not in own] for k, ts in
+                 probes.training_negatives(config.seed, p, groups, prompts, n).items()}
+        texts = list(dict.fromkeys(t for ts in kinds.values() for t in ts))
+        counts.update({k: counts[k] + len(ts) for k, ts in kinds.items()})
+        if texts:
+            feats[p] = group_features(embed, p, texts, groups[p][0], config)
+    return feats, counts
+
+
+def fit_features(groups, feats, prompts, config, neg_feats=None):
+    """The rating head on the prompts' answers (target t, prompt-standardised; row weight n_x^-power) and,
+    with negatives, the answer head: target 1 for the answers, 0 for the negatives, each prompt weighing
+    n_x^(1 - power) split half and half -> weights (the answer head's prefixed "answer.")."""
+    t = [standardise_within(np.array(groups[p][1]), np.zeros(len(groups[p][1]))) for p in prompts]
+    n = [len(groups[p][1]) for p in prompts]
+    weights = fit_head(np.vstack([feats[p] for p in prompts]), np.concatenate(t),
+                       np.concatenate([np.full(k, k ** -config.prompt_weight_power) for k in n]), config)
+    neg = [neg_feats[p] if p in (neg_feats or {}) else np.zeros((0, feats[p].shape[1])) for p in prompts]
+    if sum(map(len, neg)):
+        mass = [k ** (1 - config.prompt_weight_power) / 2 for k in n]
+        answer = fit_head(np.vstack([feats[p] for p in prompts] + neg), np.r_[np.ones(sum(n)), np.zeros(sum(map(len, neg)))],
+                          np.concatenate([np.full(k, m / k) for k, m in zip(n, mass)]
+                                         + [np.full(len(f), m / max(len(f), 1)) for f, m in zip(neg, mass)]),
+                          replace(config, mlp_members=config.answer_members))
+        weights.update({f"answer.{k}": v for k, v in answer.items()})
+    return weights
+
+
+def predict_features(weights, F, config):
+    """y = y_hat(z) + gamma min(0, a(z) - a_0): the rating head, lowered where the answer head a (trained to
+    give 1 to human answers, 0 to non-answers and off-topic text) doubts that r answers the prompt."""
+    y = apply_head(weights, F, config)
+    if "answer.mu" in weights:
+        a = apply_head({k[len("answer."):]: v for k, v in weights.items() if k.startswith("answer.")}, F,
+                       replace(config, mlp_members=config.answer_members))
+        y = y + config.answer_penalty * np.minimum(0.0, a - config.answer_cut)
+    return y
 
 
 def fit(rows, embed, config=Config(), feats=None):
@@ -338,9 +390,10 @@ def fit(rows, embed, config=Config(), feats=None):
     torch.manual_seed(config.seed)
     groups = group_rows(rows)
     feats = featurise(groups, embed, config) if feats is None else feats
-    weights = fit_features(groups, feats, list(groups), config)
+    neg_feats, counts = negative_features(groups, list(groups), embed, config)
+    weights = fit_features(groups, feats, list(groups), config, neg_feats)
     card = {"training_prompts": list(groups), "n_rows": sum(len(g[0]) for g in groups.values()),
-            "config": asdict(config), "trained_on": TRAINED_ON}
+            "negatives": counts, "config": asdict(config), "trained_on": TRAINED_ON}
     return Model(config, weights, card)
 
 
@@ -352,20 +405,7 @@ def predict(model, prompt, responses, group=None, *, embed):
     if len(responses) == 0:
         return np.zeros(0)
     F = group_features(embed, prompt, responses, group, model.config)
-    return apply_head(model.weights, F, model.config)
-
-
-def json_safe(x):
-    """NaN (an undefined correlation, e.g. a constant prediction) -> null, so the card is strict JSON."""
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return None if math.isnan(x) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
+    return predict_features(model.weights, F, model.config)
 
 
 def save(model, out_dir):
@@ -453,9 +493,10 @@ def cross_validate(rows, embed, k=5, seed=0, config=Config(), feats=None, log=pr
         train = [p for p in groups if fold[p] != f]
         test = [p for p in groups if fold[p] == f]
         assert not set(train) & set(test)
-        weights = fit_features(groups, feats, train, config)
+        neg_feats, _ = negative_features(groups, train, embed, config)  # from the training prompts only
+        weights = fit_features(groups, feats, train, config, neg_feats)
         for p in test:
-            pred = apply_head(weights, feats[p], config)
+            pred = predict_features(weights, feats[p], config)
             responses, scores, _ = groups[p]
             per_prompt[p] = prompt_metrics(pred, np.array(scores), responses, feats[p][:, diversity_col])
             pooled_pred.append(pred)
@@ -494,28 +535,6 @@ def format_table(table):
 # ----------------------------------------------------------------------------------------------------
 # command line: python score.py fit --data RATINGS --out DIR [--folds K] [--seed S]
 
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def memo_embed(embed):
-    """embed with a text -> vector memory, so each distinct text is encoded once per run."""
-    memory = {}
-
-    def cached(texts):
-        missing = list(dict.fromkeys(t for t in texts if t not in memory))
-        if missing:
-            vectors = embed(missing)
-            vectors = vectors.numpy() if hasattr(vectors, "numpy") else np.asarray(vectors)
-            memory.update(zip(missing, vectors.astype(np.float32)))
-        return np.stack([memory[t] for t in texts])
-    return cached
-
-
 def main(argv=None):
     """python score.py fit --data RATINGS --out DIR [--folds K] [--seed S] [--encoder PATH] (score.py's `fit`
     calls this as originality.fit_main; the encoder and data modules load here only)."""
@@ -527,6 +546,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--encoder", default=None, help="sentence encoder folder (default: the embedded all-MiniLM-L6-v2)")
     ap.add_argument("--skip-bad-rows", action="store_true")
+    ap.add_argument("--cache-dir", help="embedding cache (default: $CRPO_CACHE or .cache/crpo)")
+    ap.add_argument("--negatives", type=float, default=Config.negatives,
+                    help="negatives of each probe kind per prompt, as a share of its answers (0: none)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args(argv)
     if args.folds == 1 or args.folds < 0:
@@ -550,8 +572,8 @@ def main(argv=None):
         encoder = sentence_encoder.load_encoder(args.encoder)
     except (ValueError, OSError) as e:  # model.ModelError is a ValueError
         sys.exit(f"error: --encoder: {e}")
-    embed = memo_embed(encoder.embed)
-    config = Config(seed=args.seed)
+    embed = disk_embed(encoder, args.cache_dir)
+    config = Config(seed=args.seed, negatives=args.negatives)
     groups = group_rows(rows)
     feats = featurise(groups, embed, config)
     print(f"features of {len(rows):,} responses in {len(groups)} prompt groups: {time.time() - t0:.0f} s")

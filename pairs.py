@@ -96,12 +96,13 @@ def ensure_scores(pairs, lambdas, args, score_model, tokenizer, rank, world, enc
     error = None
     if rank == 0:
         try:
-            options = {k: v for k, v in score.scorer_options(args, prefix="score-").items() if k in missing}
+            options = {k: v for k, v in score.scorer_options(args, prefix="score-").items()
+                       if k in missing or k == "relevance"}  # relevance: what --score-gate uses
             reference = score.read_reference(args.score_reference) if args.score_reference else None
             print(f"scoring {len(pairs):,} pairs for {', '.join(missing)} with score.py ...")
             score.score_pairs(pairs, missing, model=score_model, tokenizer=tokenizer, encoder=encoder,
                               cache_dir=args.score_cache, reference=reference, population=population, source=args.data,
-                              normalize=args.score_normalize, **options)
+                              normalize=args.score_normalize, gate=getattr(args, "score_gate", None), **options)
         except (data.DataError, ValueError) as e:  # ValueError: a bad option, e.g. --score-quality
             error = data.DataError(f"score.py: {e}")
     if world > 1:  # rank 0 scored; the others take its numbers (or its error)

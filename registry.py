@@ -67,3 +67,4 @@ dimension("diversity", default_lambda=1.0, paper=True, help="mean embedding dist
 dimension("surprise", default_lambda=1.0, paper=True, help="how unexpected the response is given the prompt")
 dimension("quality", default_lambda=0.0, paper=True, help="whether the response is a sensible answer")
 dimension("originality", default_lambda=0.0, help="predicted human originality rating (learned from human ratings)")
+dimension("relevance", default_lambda=0.0, help="probability that the response answers its prompt (score.py's gate)")

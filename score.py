@@ -18,6 +18,8 @@ sentence embedding and d(u, v) = 1 - cos(u, v) (the math lives in measures.py).
                                                                            (--quality judge, default)
                  = reward model score head on the last token               (--quality rm PATH)
                  = a numeric field of the data                             (--quality field NAME)
+    relevance(r) = p(r answers the prompt), relevance.py's model; with --gate [THRESHOLD] (default 0.5) a
+                   response below it gets the group's minimum of every other raw score (off-topic is never rare)
 
 A new scorer is one function (groups, ctx) -> [raw values per group] under an @scorer line; a new
 dimension is one dimension(...) line plus its scorer. crpo.py's and score.py's flags come from the registry.
@@ -48,6 +50,7 @@ import encoder as sentence_encoder
 from conversation import by_prompt_key, prompt_key
 import files
 import originality
+import relevance
 from cache import Cache, cache_name, cached_compute, chat_fingerprint, model_fingerprint, new_stats
 from generate import shared_prefix_hidden
 from measures import NORMALIZE, centroid_novelty, diversity, dsi_novelty, unit_rows, words
@@ -170,6 +173,16 @@ class Context:
         return embed_texts(self.encoder, texts, cache=self.cache, desc=desc, show_progress=self.show_progress,
                            stats=self.stats)
 
+    def embed_fn(self):
+        """texts -> [n, d] array through the cache (the encoder loaded now, so that cache keys name it)."""
+        if self.encoder is None:
+            self.encoder = sentence_encoder.load_encoder(None)
+
+        def embed(texts):  # one cached lookup (and encoder pass for what is missing) per call
+            vectors = self.embed(list(texts), "embed texts")
+            return np.stack([vectors[t] for t in texts])
+        return embed
+
     def per_response(self, groups, namespace, desc, fn):
         """A cached value per (prompt, response); fn(prompt, responses) yields (indices, values) per batch."""
         # a conversation's key is its turns, and fn gets the prompt object itself (rendered turn by turn)
@@ -290,13 +303,7 @@ def originality_scorer(groups, ctx):
     compared with its prompt's population (all responses to the prompt in the file; in eval, the human ones)."""
     path = ctx.arg or originality.default_path()
     fitted, weights_hash = load_originality(path)
-    if ctx.encoder is None:  # loaded now, so that every group's cache key names it
-        ctx.encoder = sentence_encoder.load_encoder(None)
-
-    def embed(texts):  # one cached lookup (and encoder pass for what is missing) per call
-        vectors = ctx.embed(list(texts), "embed texts")
-        return np.stack([vectors[t] for t in texts])
-
+    embed = ctx.embed_fn()
     fitted_dim = originality.embedding_dim(fitted.weights["mu"].numel(), fitted.config)
     dim = len(embed([groups[0]["prompt"]])[0]) if groups else fitted_dim
     if dim != fitted_dim:
@@ -325,6 +332,27 @@ def load_originality(path):
     return fitted, h.hexdigest()[:12]
 
 
+@scorer("relevance", "model", default=True, arg="[DIR]")
+def relevance_scorer(groups, ctx):
+    """relevance.predict (p(on-topic)) with the fitted model in DIR (default: the shipped scorers/relevance),
+    each response compared with its prompt's known answers (ctx.population, e.g. eval's human answers, else
+    the group)."""
+    path = ctx.arg or relevance.default_path()
+    try:
+        fitted, card = relevance.load(path)
+    except (FileNotFoundError, KeyError, ValueError, OSError) as e:
+        raise data.DataError(f"relevance scorer {path}: {e}") from None
+    weights_hash = hashlib.sha1(json.dumps(card["weights"]).encode()).hexdigest()[:12]
+    embed, encoder_name, out = ctx.embed_fn(), cache_name(ctx.encoder), []
+    for g in groups:
+        population = (ctx.population or {}).get(g["prompt"]) or g["responses"]
+        key = hashlib.sha1(json.dumps(sorted(population), ensure_ascii=False).encode()).hexdigest()
+        namespace = f"relevance|{weights_hash}|{encoder_name}|{key[:12]}"
+        out += ctx.per_response([g], namespace, "relevance", lambda p, rs: [
+            (list(range(len(rs))), relevance.predict(fitted, p, rs, population, embed=embed))])
+    return out
+
+
 @scorer("quality", "field", arg="NAME")
 def field_scorer(groups, ctx):
     return [np.asarray(g["field"], dtype=np.float64) for g in groups]
@@ -335,7 +363,8 @@ def field_scorer(groups, ctx):
 
 
 def score_groups(groups, dims=None, *, model=None, tokenizer=None, encoder=None, cache_dir=None, reference=None,
-                 population=None, normalize="minmax", batch_size=16, show_progress=True, stats=None, **variants):
+                 population=None, normalize="minmax", batch_size=16, show_progress=True, stats=None, gate=None,
+                 **variants):
     """Raw and per-group normalised scores of the dimensions `dims` (default: the paper's four).
 
     groups: [{"prompt": str, "responses": [unique str], "field": [float] (only for quality field)}].
@@ -344,6 +373,8 @@ def score_groups(groups, dims=None, *, model=None, tokenizer=None, encoder=None,
     of its texts): the set C of DSI novelty in place of the group itself.
     population: {prompt: [texts]}: what originality compares each response with (default: its group).
     normalize: "minmax" (default) or "rank" (robust to outliers such as typo perplexities).
+    gate: None (off) or a threshold: responses whose relevance (variants["relevance"], default the shipped
+    model) is below it get the group's minimum raw value of every other dimension (relevance.gate_values).
     model/tokenizer (the reference LM, also the judge) and encoder: loaded (embedded defaults) when None
     and needed. -> ([{dim: normalised np.ndarray, "<dim>_raw": raw np.ndarray} per group], stats).
     """
@@ -369,6 +400,13 @@ def score_groups(groups, dims=None, *, model=None, tokenizer=None, encoder=None,
     for d, (variant, arg) in chosen.items():
         ctx.arg, ctx.scorer = arg, f"{d} ({variant})"
         raw[d] = DIMENSIONS[d].scorers[variant](groups, ctx)
+    if gate is not None:
+        variant, ctx.arg = chosen.get("relevance") or parse_variant("relevance", variants.get("relevance"))
+        on_topic = raw["relevance"] if "relevance" in raw else DIMENSIONS["relevance"].scorers[variant](groups, ctx)
+        stats["gated"] = stats.get("gated", 0) + int(sum((np.asarray(r) < gate).sum() for r in on_topic))
+        for d in dims:
+            if d != "relevance":
+                raw[d] = [relevance.gate_values(v, r, gate) for v, r in zip(raw[d], on_topic)]
     language_note(groups, ctx)
     results = []
     for i in range(len(groups)):
@@ -456,6 +494,8 @@ def summary(stats):
         if k != "total":
             parts.append(f"  {k}: {v:.1f} s ({stats['computed'].get(k, 0):,} computed, "
                          f"{stats['cached'].get(k, 0):,} from cache)")
+    if stats.get("gated"):
+        parts.append(f"  relevance gate: {stats['gated']:,} off-topic responses set to their group's minimum")
     parts.append(f"  scoring total: {stats['seconds'].get('total', 0.0):.1f} s")
     return "\n".join(parts)
 
@@ -503,6 +543,9 @@ def add_scorer_flags(ap, prefix=""):
                         help=f"{name} scorer: {choices} (default: {d.default})")
     ap.add_argument(f"--{prefix}normalize", choices=tuple(NORMALIZE), default="minmax",
                     help="per-prompt normalisation to [0, 1]")
+    ap.add_argument(f"--{prefix}gate", nargs="?", type=float, const=relevance.THRESHOLD, default=None,
+                    metavar="THRESHOLD", help="relevance gate: a response with relevance below THRESHOLD (default "
+                    f"{relevance.THRESHOLD}) gets its group's minimum of every other score (off-topic)")
 
 
 def scorer_options(args, prefix=""):
@@ -558,7 +601,7 @@ def main(argv=None):
         if args.encoder or args.device != "cpu":
             encoder = sentence_encoder.load_encoder(args.encoder, device=args.device)
         kw = dict(model=lm, tokenizer=tokenizer, encoder=encoder, cache_dir=args.cache_dir, reference=reference,
-                  batch_size=args.batch_size, source=args.data, normalize=args.normalize, **options)
+                  gate=args.gate, batch_size=args.batch_size, source=args.data, normalize=args.normalize, **options)
         if report.kind == "preference":
             stats = score_pairs(rows, dims, **kw)
             keys = [f"{d}_{side}" for d in dims for side in ("chosen", "rejected")]

@@ -82,7 +82,7 @@ def test_identical_generations_give_diversity_zero_and_distinct_one_over_k(tmp_p
 def test_orthogonal_generations_are_all_distinct_with_diversity_one(tmp_path):
     k = 4
     texts = [f"text{i}" for i in range(k)]
-    enc = FakeEncoder({t: np.eye(k)[i] for i, t in enumerate(texts)})
+    enc = FakeEncoder({t: np.eye(k)[i] for i, t in enumerate(texts)}, dim=k)
     [row] = score_set({"p": texts}, tmp_path, enc)
     assert row["distinct"] == 1.0 and row["classes"] == k
     assert row["diversity"] == pytest.approx(1.0, abs=1e-7)  # every pair at distance 1 - 0 = 1
@@ -318,7 +318,7 @@ def test_distinct_at_extra_thresholds_by_hand(tmp_path):
                                         dims=score.paper_dims())
     assert rows[0]["distinct"] == pytest.approx(1 / 3)  # all within cos 0.5 of "a"
     assert rows[0]["distinct@0.9"] == pytest.approx(2 / 3) and rows[0]["distinct@0.95"] == pytest.approx(1.0)
-    assert evaluation.metrics(rows)[:7] == [*score.paper_dims(), "distinct", "distinct@0.9", "distinct@0.95"]
+    assert evaluation.metrics(rows)[:8] == [*score.paper_dims(), "on_topic", "distinct", "distinct@0.9", "distinct@0.95"]
 
 
 def test_conversation_prompts_reach_generation_with_every_turn(default):
@@ -334,3 +334,46 @@ def test_conversation_prompts_reach_generation_with_every_turn(default):
     assert text == ("<|im_start|>system\nAlways answer in exactly three words.<|im_end|>\n<|im_start|>user\nName a use "
                     "for a brick.<|im_end|>\n<|im_start|>assistant\nBuild a wall.<|im_end|>\n<|im_start|>user\nNow a "
                     "more unusual one, please.<|im_end|>\n<|im_start|>assistant\n")
+
+
+class WordsEncoder:
+    """e(t) = unit sum of fixed random word vectors: answers sharing a prompt's topic words lie close."""
+    name = "words"
+
+    def embed(self, texts, batch_size=64):
+        out = np.zeros((len(texts), 24))
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i] += np.random.default_rng(sum(map(ord, w)) * 7919 + len(w)).standard_normal(24)
+            out[i] /= max(np.linalg.norm(out[i]), 1e-12)
+        return torch.tensor(out, dtype=torch.float32)
+
+
+def test_on_topic_share_is_the_share_of_generations_the_relevance_scorer_accepts(tmp_path):
+    """on_topic = mean [relevance >= 0.5] against the human answers; a model that answers something else
+    shows a low share, and the gate drops its rarity scores to the group's minimum."""
+    import relevance
+    enc = WordsEncoder()
+    embed = lambda ts: enc.embed(ts).numpy()  # noqa: E731
+    rng = np.random.default_rng(0)
+    groups = {}
+    for i in range(6):
+        topic = [f"t{i}w{j}" for j in range(5)]
+        answers = list(dict.fromkeys(" ".join(rng.choice(topic, 3)) for _ in range(30)))
+        groups[f"Use for thing {i}: {topic[0]}."] = (answers, [1.0] * len(answers), ["A", "B"][i % 2])
+    folder = tmp_path / "relevance"
+    relevance.save(relevance.fit(groups, list(groups), embed), {}, str(folder))
+    humans = {"Use for thing 9: t9w0.": list(dict.fromkeys(" ".join(rng.choice([f"t9w{j}" for j in range(5)], 3))
+                                                       for _ in range(30)))}
+    generations = {"Use for thing 9: t9w0.": ["t9w0 t9w1 t9w4", "t9w2 t9w3 t9w0", "t2w1 t2w2 t2w3", "zz1 zz2 zz3"]}
+    kw = dict(scorer=tiny_model(), tokenizer=ByteTokenizer(), encoder=enc, reference=humans, dims=["diversity"],
+              cache_dir=str(tmp_path / "cache"), show_progress=False, options={"relevance": f"model {folder}"})
+    [row] = evaluation.score_generations(generations, **kw)
+    rel = np.array(row["per_generation"]["relevance"])
+    assert row["on_topic"] == pytest.approx(np.mean(rel >= relevance.THRESHOLD)) == pytest.approx(0.5)
+    assert (rel[:2] >= 0.5).all() and (rel[2:] < 0.5).all()
+    [gated] = evaluation.score_generations(generations, gate=0.5, **kw)
+    div = np.array(gated["per_generation"]["diversity"])
+    assert (div[2:] == div.min()).all() and gated["diversity"] < row["diversity"]
+    summary = evaluation.summarize([row], n_boot=0)
+    assert summary["on_topic"]["mean"] == 0.5 and "on_topic" in evaluation.table({"m": summary})

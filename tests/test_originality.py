@@ -14,7 +14,7 @@ import originality as O
 from conftest import ROOT
 
 DIM = 64
-SMALL = O.Config(mlp_members=1, hidden=32, epochs=8, batch_size=64, dropout=0.1, weight_decay=1e-3, lr=3e-3)
+SMALL = O.Config(mlp_members=1, answer_members=1, hidden=32, epochs=8, batch_size=64, dropout=0.1, weight_decay=1e-3, lr=3e-3)
 
 
 def word_vector(word):
@@ -138,12 +138,59 @@ def test_cross_validation_never_trains_on_a_test_prompt(monkeypatch):
     rows = synthetic_rows(8, 25, seed=4)
     trained_on = []
     real = O.fit_features
-    monkeypatch.setattr(O, "fit_features", lambda g, f, prompts, c: trained_on.append(list(prompts)) or real(g, f, prompts, c))
+    monkeypatch.setattr(O, "fit_features", lambda g, f, prompts, c, neg=None: trained_on.append(list(prompts))
+                        or real(g, f, prompts, c, neg))
+    negatives_from = []  # (prompt given negatives, the prompts whose answers they may come from)
+    real_negatives = O.probes.training_negatives
+    monkeypatch.setattr(O.probes, "training_negatives", lambda seed, p, groups, prompts, n, *a, **k:
+                        negatives_from.append((p, list(prompts))) or real_negatives(seed, p, groups, prompts, n, *a, **k))
     table = O.cross_validate(rows, fake_embed, k=4, seed=0, config=SMALL, log=lambda *_: None)
-    assert len(trained_on) == 4
+    assert len(trained_on) == 4 and len(negatives_from) == 4 * 6  # 6 training prompts in each of 4 folds
     for f, train in enumerate(trained_on):
         test = {p for p, m in table["per_prompt"].items() if m["fold"] == f}
         assert test and not test & set(train) and test | set(train) == {r["prompt"] for r in rows}
+        for p, sources in negatives_from[6 * f:6 * f + 6]:  # negatives only from the fold's training prompts
+            assert p in train and set(sources) == set(train)
+
+
+def test_rating_head_on_answers_and_answer_head_on_answers_against_negatives(monkeypatch):
+    """fit_head is called twice: the rating head on the answers only (target t, prompt-standardised, weight
+    n_x^-1/2), the answer head on answers (1) and negatives (0), each side weighing n_x^1/2 / 2 per prompt;
+    max(2, round(0.02 n_x)) negatives of each probe kind."""
+    rows = synthetic_rows(3, 30, seed=9)
+    calls = []
+    monkeypatch.setattr(O, "fit_head", lambda F, t, w, c: calls.append((F, t, w)) or {"mu": np.zeros(1)})
+    m = O.fit(rows, fake_embed, SMALL)
+    assert m.card["negatives"]["gibberish"] == 3 * 2 and set(m.card["negatives"]) == set(O.probes.KINDS)
+    assert len(calls) == 2 and "answer.mu" in m.weights
+    groups = O.group_rows(rows)
+    neg = O.negative_features(groups, list(groups), fake_embed, SMALL)[0]
+    (F1, t1, w1), (F2, y2, w2) = calls
+    n_answers = sum(len(g[0]) for g in groups.values())
+    assert len(F1) == n_answers and len(F2) == n_answers + sum(map(len, neg.values()))
+    assert np.array_equal(y2, np.r_[np.ones(n_answers), np.zeros(len(F2) - n_answers)])
+    start, nstart = 0, n_answers
+    for p, (responses, scores, _) in groups.items():
+        n, k = len(responses), len(neg[p])
+        assert 7 <= k <= 14
+        np.testing.assert_allclose(t1[start:start + n], (np.array(scores) - np.mean(scores)) / np.std(scores), atol=1e-12)
+        np.testing.assert_allclose(w1[start:start + n], n ** -0.5)
+        assert w2[start:start + n].sum() == pytest.approx(n ** 0.5 / 2) and w2[nstart:nstart + k].sum() == pytest.approx(n ** 0.5 / 2)
+        start, nstart = start + n, nstart + k
+    monkeypatch.undo()
+    none = O.fit(rows, fake_embed, O.Config(**{**SMALL.__dict__, "negatives": 0.0}))
+    assert none.card["negatives"] == dict.fromkeys(O.probes.KINDS, 0) and "answer.mu" not in none.weights
+
+
+def test_answer_head_lowers_only_doubtful_answers():
+    """y = ridge(z) + gamma min(0, a(z) - 1/2) with ridge-only heads, by hand."""
+    cfg = O.Config(mlp_members=0, answer_members=0, answer_penalty=4.0, answer_cut=0.5)
+    t = lambda *v: __import__("torch").tensor(v, dtype=__import__("torch").float32)  # noqa: E731
+    weights = {"mu": t(0.0, 0.0), "sigma": t(1.0, 1.0), "ridge.beta": t(1.0, 0.0), "ridge.bias": t(0.0),
+               "answer.mu": t(0.0, 0.0), "answer.sigma": t(1.0, 1.0), "answer.ridge.beta": t(0.0, 1.0),
+               "answer.ridge.bias": t(0.5)}
+    F = np.array([[2.0, 0.3], [2.0, -0.2], [-1.0, -0.5]])  # a = 0.5 + f2: 0.8, 0.3, 0.0
+    np.testing.assert_allclose(O.predict_features(weights, F, cfg), [2.0, 2.0 - 4 * 0.2, -1.0 - 4 * 0.5], atol=1e-6)
 
 
 def test_fit_recovers_known_rating_on_unseen_prompts():

@@ -436,7 +436,7 @@ def fitted_originality(tmp_path_factory):
             k = int(rng.integers(0, 4))
             words = [f"zest{rng.integers(9)}" for _ in range(k)] + [f"plain{rng.integers(9)}" for _ in range(3 - k)]
             rows.append({"prompt": f"Use for object {p}?", "response": " ".join(words), "score": k + 0.01 * p})
-    config = originality.Config(mlp_members=1, hidden=16, epochs=4, batch_size=64, dropout=0.0)
+    config = originality.Config(mlp_members=1, hidden=16, epochs=4, batch_size=64, dropout=0.0, negatives=0.0)
     fitted = originality.fit(rows, lambda ts: enc.embed(ts).numpy(), config)
     folder = tmp_path_factory.mktemp("originality")
     originality.save(fitted, str(folder))
@@ -517,3 +517,69 @@ def test_cli_device_loads_the_default_models_there(tmp_path, monkeypatch):
     monkeypatch.setattr(score, "score_rows", stop)  # on the CPU the scorers load what they need, when they need it
     assert score.main(argv) == 1
     assert loads == []
+
+
+# ----------------------------------------------------------------------------- relevance and its gate
+
+
+@pytest.fixture(scope="module")
+def fitted_relevance(tmp_path_factory):
+    """A relevance model fitted on synthetic prompts whose answers use their own topic words."""
+    import relevance
+    enc = BagOfWordsEncoder(dim=32)
+    rng = np.random.default_rng(0)
+    groups = {}
+    for i in range(6):
+        topic = [f"t{i}w{j}" for j in range(5)]
+        answers = list(dict.fromkeys(" ".join(rng.choice(topic, 3)) for _ in range(30)))
+        groups[f"Use for thing {i}: {topic[0]}."] = (answers, [1.0] * len(answers), ["A", "B"][i % 2])
+    folder = tmp_path_factory.mktemp("relevance")
+    relevance.save(relevance.fit(groups, list(groups), lambda ts: enc.embed(ts).numpy()), {}, str(folder))
+    return str(folder), enc
+
+
+def test_relevance_gate_sets_off_topic_scores_to_the_group_minimum(tmp_path, fitted_relevance):
+    import relevance
+    folder, enc = fitted_relevance
+    prompt = "Use for thing 9: t9w0."
+    humans = [f"t9w{a} t9w{b} t9w{c}" for a, b, c in [(0, 1, 2), (1, 2, 3), (2, 3, 4), (0, 3, 4), (1, 1, 4), (0, 2, 4)]]
+    probes_ = ["zq1 zq2 zq3 zq4", "t3w1 t3w2 t3w0", "gibber blorft vemmick"]
+    group = [{"prompt": prompt, "responses": humans + probes_}]
+    kw = dict(encoder=enc, cache_dir=tmp_path, show_progress=False, population={prompt: humans},
+              relevance=f"model {folder}")
+    dims = ["diversity", "novelty", "relevance"]
+    [plain], _ = score.score_groups(group, dims, **kw)
+    [gated], stats = score.score_groups(group, dims, gate=0.5, **kw)
+    rel = plain["relevance_raw"]
+    want = relevance.predict(relevance.load(folder)[0], prompt, humans + probes_, humans,
+                             embed=lambda ts: enc.embed(ts).numpy())
+    np.testing.assert_allclose(rel, want, atol=1e-9)
+    off = rel < 0.5
+    assert off[len(humans):].all() and (~off).sum() >= 2  # the three probes are off-topic; some answers are not
+    assert stats["gated"] == off.sum()
+    for d in ("diversity", "novelty"):
+        np.testing.assert_array_equal(gated[f"{d}_raw"][~off], plain[f"{d}_raw"][~off])
+        np.testing.assert_array_equal(gated[f"{d}_raw"][off], plain[f"{d}_raw"].min())
+        assert (gated[d][off] == 0).all()  # min-max normalised: the bottom of the group
+    np.testing.assert_array_equal(gated["relevance_raw"], rel)  # the gate does not gate itself
+    # the gate computes relevance when it is not among the dims, and the flag reaches score_groups
+    [only], _ = score.score_groups(group, ["diversity"], gate=0.5, **kw)
+    np.testing.assert_array_equal(only["diversity_raw"], gated["diversity_raw"])
+    import argparse
+    ap = argparse.ArgumentParser()
+    score.add_scorer_flags(ap, prefix="score-")
+    assert ap.parse_args(["--score-gate"]).score_gate == relevance.THRESHOLD
+    assert ap.parse_args(["--score-gate", "0.3"]).score_gate == 0.3 and ap.parse_args([]).score_gate is None
+
+
+def test_relevance_scorer_names_a_missing_model(tmp_path):
+    with pytest.raises(data.DataError, match="relevance scorer .*relevance.py fit"):
+        score.score_groups(groups_of([("p", ["a", "b"])]), ["relevance"], encoder=FakeEncoder(), cache_dir=tmp_path,
+                           show_progress=False, relevance=f"model {tmp_path / 'none'}")
+
+
+def test_shipped_relevance_model_loads():
+    import relevance
+    model, card = relevance.load(relevance.default_path())
+    assert len(card["training_prompts"]) == 44 and card["cv"]["overall"]["auc_other_prompt"]["mean"] > 0.85
+    assert len(model["beta"]) == len(relevance.NAMES)
