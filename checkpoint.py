@@ -361,6 +361,30 @@ def load_adapter(path, *, device="cpu", dtype=None):
     return model.eval(), tokenizer
 
 
+# ----------------------------------------------------------------------------- reward models
+
+def load_reward_model(path, *, device="cpu", dtype=None):
+    """A reward model: (Transformer backbone, Tokenizer, score head weight [labels, D] float32 on CPU).
+
+    path: an HF folder of one of REWARD_HEADS' classes (LlamaForSequenceClassification, Gemma2-, Qwen2-, Qwen3-,
+    Mistral-), i.e. the backbone's tensors plus `score.weight`; the backbone loads as the causal LM (its output
+    layer tied to the embeddings, unused). The reward of a sequence is score(h_T), h_T the final normed hidden
+    state at its last non-padding token (model.last_token_scores), as transformers' XForSequenceClassification
+    computes it. Raises ModelError when there is no score head."""
+    path = os.path.expanduser(str(path))
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors"))) if os.path.isdir(path) else []
+    weight = None
+    for file in files:
+        with safe_open(file, "pt") as f:
+            if "score.weight" in f.keys():
+                weight = f.get_tensor("score.weight").float()
+    if weight is None:
+        raise ModelError(f"{path}: no `score.weight` tensor in its *.safetensors (a reward model is an HF folder of "
+                         f"{', '.join(REWARD_HEADS.values())}, with its score head)")
+    model, tokenizer = load(path, device=device, dtype=dtype)
+    return model, tokenizer, weight
+
+
 # ----------------------------------------------------------------------------- load
 
 def package_dir(package):

@@ -399,3 +399,12 @@ def sequence_logps(model, input_ids, attention_mask, response_mask):
     """
     return response_logps(model.hidden(input_ids, attention_mask), model.lm_head.weight, input_ids, response_mask,
                           model.config.final_softcap)
+
+
+def last_token_scores(model, weight, input_ids, attention_mask):
+    """z = W h_last: the final normed hidden state at each row's last non-padding token (the rightmost 1 of
+    attention_mask, so left and right padding both work) times weight [k, D], e.g. a reward model's score head.
+    input_ids, attention_mask [B, T] -> z [B, k] float32 (transformers' XForSequenceClassification pooled logits)."""
+    hidden = model.hidden(input_ids, attention_mask)
+    last = (torch.arange(input_ids.shape[1], device=input_ids.device) * attention_mask).argmax(-1)
+    return hidden[torch.arange(input_ids.shape[0], device=input_ids.device), last].float() @ weight.float().t()
