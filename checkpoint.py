@@ -133,7 +133,21 @@ def unpermute_rope_rows(w, n_heads):
 GGUF_NAMES = {"token_embd": "embed", "output_norm": "norm", "output": "lm_head", "attn_norm": "input_layernorm",
               "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
               "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj",
-              "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+              "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+              "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",  # qwen3
+              "post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
+GGUF_NAMES_GEMMA2 = {**GGUF_NAMES, "ffn_norm": "pre_feedforward_layernorm"}  # llama.cpp's ffn_norm: before the MLP
+
+
+def gguf_gemma2_keys(g, n_layers, dim, n_heads, head_dim):
+    """config.json-named Gemma-2 keys from GGUF metadata. llama.cpp's converter does not store the query scale;
+    llama.cpp scales by (dim / n_heads)^-1/2 for the 27B (46 layers) and by head_dim^-1/2 otherwise, which are
+    the published configs' query_pre_attn_scalar (144 for 27B, 256 for 2B and 9B): the same rule here."""
+    return {"hidden_activation": "gelu_pytorch_tanh",
+            "query_pre_attn_scalar": dim // n_heads if n_layers == 46 else head_dim,
+            "attn_logit_softcapping": g("attn_logit_softcapping", GEMMA2_DEFAULTS["attn_logit_softcapping"]),
+            "final_logit_softcapping": g("final_logit_softcapping", GEMMA2_DEFAULTS["final_logit_softcapping"]),
+            "sliding_window": g("attention.sliding_window", GEMMA2_DEFAULTS["sliding_window"])}
 
 
 def load_gguf(path):
@@ -143,25 +157,32 @@ def load_gguf(path):
     if arch not in ARCHITECTURES:
         raise ModelError(f"{path}: architecture {arch!r} is not supported (supported: {SUPPORTED})")
     g = lambda key, default=None: meta.get(f"{arch}.{key}", default)  # noqa: E731
-    dim, n_heads = g("embedding_length"), g("attention.head_count")
-    config = Config(vocab_size=len(meta["tokenizer.ggml.tokens"]), dim=dim, n_layers=g("block_count"), n_heads=n_heads,
-                    n_kv_heads=g("attention.head_count_kv", n_heads), head_dim=g("attention.key_length", dim // n_heads),
+    dim, n_heads, n_layers = g("embedding_length"), g("attention.head_count"), g("block_count")
+    head_dim = g("attention.key_length", dim // n_heads)
+    keys = gguf_gemma2_keys(g, n_layers, dim, n_heads, head_dim) if arch == "gemma2" else {}
+    config = Config(vocab_size=len(meta["tokenizer.ggml.tokens"]), dim=dim, n_layers=n_layers, n_heads=n_heads,
+                    n_kv_heads=g("attention.head_count_kv", n_heads), head_dim=head_dim,
                     hidden_dim=g("feed_forward_length"), norm_eps=g("attention.layer_norm_rms_epsilon", 1e-5),
                     rope_theta=g("rope.freq_base", 10000.0), max_seq_len=g("context_length", 4096),
-                    qkv_bias="blk.0.attn_q.bias" in tensors, tie_embeddings="output.weight" not in tensors, arch=arch)
+                    qkv_bias="blk.0.attn_q.bias" in tensors, tie_embeddings="output.weight" not in tensors, arch=arch,
+                    **arch_differences(arch, keys, n_layers, path))
+    names = GGUF_NAMES_GEMMA2 if arch == "gemma2" else GGUF_NAMES
     state = {}
     for name, (kind, shape, raw) in tensors.items():
         if name == "rope_freqs.weight":  # Llama-3.1 GGUFs store the rope scaling as per-frequency divisors
             state["rope_freqs"] = torch.from_numpy(dequantize(kind, shape, raw))
             continue
         parts = name.split(".")
-        if parts[0] == "blk":
-            ours = f"layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
-        else:
-            ours = f"{GGUF_NAMES[parts[0]]}.{parts[1]}"
+        part = parts[2] if parts[0] == "blk" else parts[0]
+        if part not in names:
+            raise ModelError(f"{path}: tensor {name} is not part of a {arch} model as read here (GGUF loading "
+                             f"supports {', '.join(a for a in ARCHITECTURES if a != 'mistral')}; Mistral GGUFs are 'llama')")
+        ours = f"layers.{parts[1]}.{names[part]}.{parts[3]}" if parts[0] == "blk" else f"{names[part]}.{parts[1]}"
         w = dequantize(kind, shape, raw)
         if arch == "llama" and parts[0] == "blk" and parts[2] in ("attn_q", "attn_k"):
             w = unpermute_rope_rows(w, config.n_heads if parts[2] == "attn_q" else config.n_kv_heads)
+        if arch == "gemma2" and part.endswith("norm"):  # llama.cpp's converter stores Gemma's 1 + g
+            w = w - 1.0
         state[ours] = torch.from_numpy(w)
     return config, state, gguf_tokenizer(meta, path)
 

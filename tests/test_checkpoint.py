@@ -265,13 +265,19 @@ def test_dequantize_matches_gguf_reference(tmp_path):
         assert np.abs(ours - w).max() < (0.5 if name.startswith("Q4") else 0.05), name
 
 
-def test_gguf_file_roundtrip_with_unpermute(tmp_path):
-    """A tiny llama GGUF written by the gguf package (q/k rows permuted as llama.cpp does) gives HF's logits."""
-    gguf = pytest.importorskip("gguf")
-    hf, folder = tiny_hf_model("llama", tmp_path)
+GGUF_PARTS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+              "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+GGUF_PARTS_GEMMA2 = {**GGUF_PARTS, "post_attention_layernorm": "post_attention_norm",
+                     "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"}
+
+
+def write_gguf(gguf, hf, path, arch):
+    """A GGUF file of an HF model as llama.cpp's convert_hf_to_gguf writes it: llama's q/k rows pairwise
+    interleaved, Gemma's norm gains stored as 1 + g, the Gemma-2 hyperparameters in their metadata keys."""
     c = hf.config
-    path = str(tmp_path / "tiny.gguf")
-    writer = gguf.GGUFWriter(path, "llama")
+    writer = gguf.GGUFWriter(path, arch)
     writer.add_block_count(c.num_hidden_layers)
     writer.add_embedding_length(c.hidden_size)
     writer.add_feed_forward_length(c.intermediate_size)
@@ -280,9 +286,16 @@ def test_gguf_file_roundtrip_with_unpermute(tmp_path):
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_rope_freq_base(10000.0)
     writer.add_context_length(256)
+    if arch in ("gemma2", "qwen3"):
+        writer.add_key_length(c.head_dim)
+        writer.add_value_length(c.head_dim)
+    if arch == "gemma2":
+        writer.add_attn_logit_softcapping(c.attn_logit_softcapping)
+        writer.add_final_logit_softcapping(c.final_logit_softcapping)
+        writer.add_sliding_window(c.sliding_window)
     writer.add_tokenizer_model("gpt2")
-    writer.add_token_list([f"t{i}" for i in range(128)])
-    writer.add_token_types([1] * 128)
+    writer.add_token_list([f"t{i}" for i in range(c.vocab_size)])
+    writer.add_token_types([1] * c.vocab_size)
     writer.add_token_merges([])
 
     def permute(w, n_head):  # llama.cpp's convert_hf_to_gguf order: pairwise-interleaved rotary rows
@@ -290,27 +303,52 @@ def test_gguf_file_roundtrip_with_unpermute(tmp_path):
 
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
-    parts = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    parts = GGUF_PARTS_GEMMA2 if arch == "gemma2" else GGUF_PARTS
     for k, v in hf.state_dict().items():
         v = v.float().numpy()
+        if arch == "gemma2" and k.endswith("norm.weight"):
+            v = v + 1
         if k in names:
-            writer.add_tensor(names[k], v)
+            if not (k == "lm_head.weight" and c.tie_word_embeddings):
+                writer.add_tensor(names[k], v)
             continue
         layer, rest = k.split(".")[2], ".".join(k.split(".")[3:-1])
-        if rest == "self_attn.q_proj":
+        if arch == "llama" and rest == "self_attn.q_proj":
             v = permute(v, c.num_attention_heads)
-        if rest == "self_attn.k_proj":
+        if arch == "llama" and rest == "self_attn.k_proj":
             v = permute(v, c.num_key_value_heads)
         writer.add_tensor(f"blk.{layer}.{parts[rest]}.weight", np.ascontiguousarray(v))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    ours, _ = checkpoint.load(path)
+    return path
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "qwen3"])
+def test_gguf_file_gives_the_hf_logits(arch, tmp_path):
+    """A tiny GGUF written by the gguf package in llama.cpp's layout (llama: q/k rows permuted; gemma2: norms
+    1 + g, its scale query_pre_attn_scalar = head_dim as llama.cpp assumes below 27B) gives HF's logits."""
+    gguf = pytest.importorskip("gguf")
+    extra = {"query_pre_attn_scalar": 24} if arch == "gemma2" else {}
+    hf, _ = tiny_hf_model(arch, tmp_path, **extra)
+    ours, _ = checkpoint.load(write_gguf(gguf, hf, str(tmp_path / "tiny.gguf"), arch))
+    if arch == "gemma2":
+        c = ours.config
+        assert (c.query_pre_attn_scalar, c.attn_softcap, c.final_softcap, c.sliding_window) == (24, 4.0, 3.0, 6)
     ids = torch.randint(0, 128, (2, 13), generator=torch.Generator().manual_seed(7))
     assert (ours(ids) - hf_logits(hf, ids)).abs().max() < 1e-4
+
+
+def test_gguf_of_another_architecture_names_the_supported_ones(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    hf, _ = tiny_hf_model("llama", tmp_path)
+    path = write_gguf(gguf, hf, str(tmp_path / "x.gguf"), "llama")
+    raw = open(path, "rb").read().replace(b"llama", b"phi3\0", 1)  # general.architecture's value, same length
+    (tmp_path / "phi.gguf").write_bytes(raw)
+    with pytest.raises(model.ModelError, match="architecture 'phi3.*' is not supported \\(supported: llama, mistral, "
+                                               "qwen2, gemma2, qwen3\\)"):
+        checkpoint.load(tmp_path / "phi.gguf")
 
 
 def test_broken_files_give_clear_errors(tmp_path):
