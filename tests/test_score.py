@@ -229,6 +229,31 @@ def test_reward_model_score_head(tmp_path):
     np.testing.assert_allclose(res["quality_raw"], want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["gemma2", "qwen3"])
+def test_reward_model_heads_written_by_transformers(kind, tmp_path):
+    """--quality rm PATH with a Gemma2- / Qwen3ForSequenceClassification folder written by transformers (a ChatML
+    byte-BPE tokenizer beside it): each response's reward equals transformers' pooled logit of its chat sequence."""
+    pytest.importorskip("transformers", reason="transformers writes the reward model (requirements-dev.txt)")
+    from fakes import tiny_hf_model
+    from tokenizers import Tokenizer as HFTokenizer, models
+
+    hf, folder = tiny_hf_model(kind, tmp_path, head="reward", vocab_size=258)
+    vocab = {f"<0x{b:02X}>": b for b in range(256)} | {"<|im_start|>": 256, "<|im_end|>": 257}
+    tok = HFTokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True))
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
+                                                              "chat_template": "<|im_start|>"}))
+    prompt, responses = "rate me", ["good answer", "bad", "another good answer!", "ok"]
+    [res], _ = score.score_groups(groups_of([(prompt, responses)]), ["quality"], quality=("rm", str(folder)),
+                                  cache_dir=tmp_path, show_progress=False, batch_size=3)
+    _, rm_tok, _ = checkpoint.load_reward_model(folder)
+    with torch.no_grad():
+        want = [float(hf(input_ids=torch.tensor([rm_tok.chat(prompt, r)[0]])).logits[0, 0]) for r in responses]
+    np.testing.assert_allclose(res["quality_raw"], want, rtol=0, atol=1e-4)
+    assert np.std(want) > 1e-2
+
+
 # ----------------------------------------------------------------------------- cache
 
 
