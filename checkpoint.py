@@ -1,8 +1,12 @@
 """Checkpoints: reading HF folders and GGUF files into a Transformer, writing HF folders and LoRA adapters.
 
     model, tokenizer = load(path)            # HF folder, .gguf file, LoRA adapter folder, or None (the default)
+    model, tokenizer, w = load_reward_model(path)   # an XForSequenceClassification folder: backbone + score head
     save(model, tokenizer, out_dir)          # config.json + model.safetensors + tokenizer files (LoRA merged)
     save_adapter(model, out_dir, base)       # adapter_config.json + adapter_model.safetensors (peft's layout)
+
+Architectures (ARCHITECTURES): llama, mistral, qwen2, qwen3, gemma2; their differences from Llama are model.Config
+flags set here from config.json (arch_differences) or GGUF metadata (gemma2: llama.cpp stores norms as 1 + g).
 
 GGUF (llama.cpp's format) is read here without the gguf package: F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors,
 dequantized to float32. The embedded default is SmolLM2-135M-Instruct, a Q4_1 GGUF file inside the

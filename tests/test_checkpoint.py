@@ -134,7 +134,7 @@ def test_rope_scaling_read_from_legacy_rope_scaling_key(tmp_path):
     assert torch.allclose(ours.inv_freq.double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "gemma2", "qwen3"])
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "gemma2", "qwen3"])
 def test_save_loads_in_transformers(kind, tmp_path):
     hf, folder = tiny_hf_model(kind, tmp_path)
     ours, tok = checkpoint.load(folder)
@@ -147,9 +147,10 @@ def test_save_loads_in_transformers(kind, tmp_path):
     assert (again(ids) - ours(ids)).abs().max() < 1e-5
 
 
-def test_lora_merge_and_peft_adapter(tmp_path):
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "qwen3"])  # Gemma-2: the trained test below
+def test_lora_merge_and_peft_adapter(kind, tmp_path):
     peft = pytest.importorskip("peft", reason="peft is the adapter oracle (requirements-dev.txt)")
-    hf, folder = tiny_hf_model("llama", tmp_path)
+    hf, folder = tiny_hf_model(kind, tmp_path)
     ours, tok = checkpoint.load(folder)
     torch.manual_seed(3)
     params = model.add_lora(ours, rank=4, alpha=8)
@@ -211,27 +212,6 @@ def test_gemma2_lora_trained_here_loads_in_peft(tmp_path):
     checkpoint.save(ours, tok, tmp_path / "merged")
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     assert (hf_logits(back, ids) - adapted).abs().max() < 1e-4
-
-
-def test_softcapped_logprobs_equal_float64_log_softmax_and_their_gradient():
-    """log softmax(c tanh(h W^T / c))[y] in chunks with recomputation: value and gradient against float64 autograd."""
-    gen = torch.Generator().manual_seed(5)
-    h = torch.randn(7, 16, generator=gen, dtype=torch.float64).float().requires_grad_()
-    w = (torch.randn(50, 16, generator=gen) * 2).requires_grad_()
-    y = torch.randint(0, 50, (7,), generator=gen)
-    old, model.SOFTCAP_CHUNK_BYTES = model.SOFTCAP_CHUNK_BYTES, 3 * 50 * 4  # 3 rows a chunk: 3 chunks
-    try:
-        out = model.softcapped_logprobs(h, w, y, 2.5)
-    finally:
-        model.SOFTCAP_CHUNK_BYTES = old
-    out.sum().backward()
-    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-    z = 2.5 * torch.tanh(h64 @ w64.t() / 2.5)
-    ref = torch.log_softmax(z, -1)[torch.arange(7), y]
-    ref.sum().backward()
-    assert (out.double() - ref).abs().max() < 1e-5
-    assert (h.grad.double() - h64.grad).abs().max() < 1e-5 and (w.grad.double() - w64.grad).abs().max() < 1e-5
-    assert (torch.log_softmax(h64 @ w64.t(), -1)[torch.arange(7), y] - ref).abs().max() > 0.1  # the cap matters
 
 
 def test_lora_save_writes_merged_weights(tmp_path):
@@ -317,7 +297,7 @@ def write_gguf(gguf, hf, path, arch):
             v = permute(v, c.num_attention_heads)
         if arch == "llama" and rest == "self_attn.k_proj":
             v = permute(v, c.num_key_value_heads)
-        writer.add_tensor(f"blk.{layer}.{parts[rest]}.weight", np.ascontiguousarray(v))
+        writer.add_tensor(f"blk.{layer}.{parts[rest]}.{k.rsplit('.', 1)[1]}", np.ascontiguousarray(v))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -325,10 +305,11 @@ def write_gguf(gguf, hf, path, arch):
     return path
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "qwen3"])
 def test_gguf_file_gives_the_hf_logits(arch, tmp_path):
-    """A tiny GGUF written by the gguf package in llama.cpp's layout (llama: q/k rows permuted; gemma2: norms
-    1 + g, its scale query_pre_attn_scalar = head_dim as llama.cpp assumes below 27B) gives HF's logits."""
+    """A tiny GGUF written by the gguf package in llama.cpp's layout (llama: q/k rows permuted; qwen2: q/k/v
+    biases; gemma2: norms 1 + g, its scale query_pre_attn_scalar = head_dim as llama.cpp assumes below 27B)
+    gives HF's logits."""
     gguf = pytest.importorskip("gguf")
     extra = {"query_pre_attn_scalar": 24} if arch == "gemma2" else {}
     hf, _ = tiny_hf_model(arch, tmp_path, **extra)
