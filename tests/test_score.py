@@ -164,6 +164,25 @@ def test_one_response_and_all_equal_groups_get_half(tmp_path):
 # ----------------------------------------------------------------------------- LM scorers
 
 
+def test_gemma2_surprise_and_judge_read_the_soft_capped_logits(tmp_path):
+    """surprise lm and quality judge with a tiny Gemma-2 (final soft cap 3) equal transformers' numbers."""
+    pytest.importorskip("transformers", reason="transformers writes the tiny checkpoint (requirements-dev.txt)")
+    from fakes import tiny_hf_model
+
+    hf, folder = tiny_hf_model("gemma2", tmp_path, vocab_size=256)
+    m, tok = checkpoint.load(folder)[0], ByteTokenizer()
+    oracle = lambda ids: hf(input_ids=ids).logits  # noqa: E731
+    prompt, responses = "Name a use for a brick.", ["spoon rest", "sp", "a doorstop for windy days"]
+    [res], _ = score.score_groups(groups_of([(prompt, responses)]), ["surprise", "quality"], model=m, tokenizer=tok,
+                                  quality="judge", cache_dir=tmp_path, batch_size=2, show_progress=False)
+    np.testing.assert_allclose(res["surprise_raw"], [reference_perplexity(oracle, tok, prompt, r) for r in responses],
+                               rtol=1e-4)
+    yes, no = tok.encode("Yes")[0], tok.encode("No")[0]
+    with torch.no_grad():
+        z = [oracle(torch.tensor([tok.chat(score.judge_prompt(prompt, r))[0]]))[0, -1].double() for r in responses]
+    np.testing.assert_allclose(res["quality_raw"], [float(torch.softmax(zi[[yes, no]], 0)[0]) for zi in z], rtol=1e-4)
+
+
 def test_perplexity_equals_exp_mean_nll_from_logits(tmp_path):
     m, tok = tiny_model(), ByteTokenizer()
     # responses sharing first bytes ("sp..."), different lengths, batch size 2: the shared-prefix pass,
