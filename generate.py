@@ -21,7 +21,8 @@ from model import ModelError
 
 def new_kv_cache(model, batch, length):
     """An empty KV cache for model.hidden: per layer, k and v buffers [batch, n_kv_heads, length, head_dim] in the
-    weights' dtype and device; "start" = how many positions already hold keys and values."""
+    weights' dtype and device; "start" = how many positions already hold keys and values. Sliding-window layers
+    (Gemma-2) keep every position too: their mask (model.attention_masks) hides the keys past the window."""
     c, weight = model.config, model.embed.weight
     shape = (batch, c.n_kv_heads, length, c.head_dim)
     return {name: [torch.empty(shape, dtype=weight.dtype, device=weight.device) for _ in range(c.n_layers)]
@@ -46,7 +47,7 @@ def generate(model, tokenizer, prompts, *, n=1, max_new_tokens=64, temperature=1
     done = torch.zeros(B, dtype=torch.bool, device=device)
     step_ids = input_ids
     for step in range(max_new_tokens):
-        logits = model.lm_head(model.hidden(step_ids, mask[:, :T + step], cache)[:, -1]).float()  # last position only
+        logits = model.logits(model.hidden(step_ids, mask[:, :T + step], cache)[:, -1])  # last position only
         cache["start"] = T + step
         next_ids = sample(logits, temperature, top_p, gen)
         next_ids = next_ids.masked_fill(done, tokenizer.pad_id)

@@ -4,7 +4,12 @@
     add_lora / lora_disabled / merge_lora        LoRA adapters on the linear layers
     sequence_logps(model, ids, mask, response)   log pi(y|x), the quantity DPO and CrPO compare
 
-Covers Llama (incl. Llama-3 rope scaling), Mistral and Qwen2 (q/k/v bias), tied or untied output layers.
+Covers Llama (incl. Llama-3 rope scaling), Mistral and Qwen2 (q/k/v bias), tied or untied output layers, and,
+as config flags on the same block (Config, "architecture differences"), Gemma-2 and Qwen3:
+    Gemma-2  RMSNorm scaled by (1 + g); norms after attention and after the MLP too; GeGLU (tanh GELU);
+             embeddings times sqrt(dim); attention scale query_pre_attn_scalar^-1/2; attention-logit and
+             final-logit soft-capping c tanh(z / c); a sliding window on alternate layers
+    Qwen3    RMSNorm on each head's q and k before RoPE (and no q/k/v bias, read from the tensors)
 Reading and writing checkpoints is checkpoint.py; tokenizers tokenizer.py; sampling generate.py.
 """
 import contextlib
@@ -39,20 +44,49 @@ class Config:
     max_seq_len: int = 8192
     qkv_bias: bool = False
     tie_embeddings: bool = True
-    arch: str = "llama"  # llama | mistral | qwen2: only decides what `save` writes
+    arch: str = "llama"  # llama | mistral | qwen2 | gemma2 | qwen3: decides what `save` writes
+    # architecture differences (all off = Llama): set by checkpoint.hf_config / load_gguf per model_type
+    norm_offset: float = 0.0  # Gemma: RMSNorm scales by (norm_offset + g), the stored g being centred on 0
+    sandwich_norms: bool = False  # Gemma-2: post_attention / pre_ and post_feedforward norms around each sublayer
+    mlp_act: str = "silu"  # silu (SwiGLU) | gelu_tanh (GeGLU, Gemma)
+    embed_scale: bool = False  # Gemma: embeddings times sqrt(dim), rounded to the weights' dtype
+    query_pre_attn_scalar: float | None = None  # attention scale s^-1/2 (Gemma-2); None: head_dim^-1/2
+    attn_softcap: float | None = None  # Gemma-2: attention logits c tanh(z / c)
+    final_softcap: float | None = None  # Gemma-2: output logits c tanh(z / c)
+    sliding_window: int | None = None  # keys a query sees on a sliding layer, itself included (Gemma-2)
+    sliding_layers: tuple = ()  # indices of the layers with the sliding window
+    qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on q and k before RoPE
 
 
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * g, computed in float32. With a residual r, x' = x + r is normed and
-    (y, x') returned: one fused kernel on CUDA (kernels.rms_norm), the eager formulas elsewhere."""
+    (y, x') returned: one fused kernel on CUDA (kernels.rms_norm), the eager formulas elsewhere.
+    offset 1 (Gemma): y = x / sqrt(mean(x^2) + eps) * (1 + g), all in float32, then cast (offset_rms_norm)."""
 
-    def __init__(self, dim, eps):
+    def __init__(self, dim, eps, offset=0.0):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.offset = eps, offset
+        self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
 
     def forward(self, x, residual=None):
+        if self.offset:
+            return offset_rms_norm(x, self.weight, self.eps, self.offset, residual)
         return kernels.rms_norm(x, self.weight, self.eps, residual)
+
+
+def offset_rms_norm(x, weight, eps, offset, residual=None):
+    """Gemma's RMSNorm: y = x' / sqrt(mean(x'^2) + eps) * (offset + g), x' = x + residual, in float32 and cast
+    back to x's dtype (as Gemma2RMSNorm in transformers). Returns y, or (y, x') with a residual."""
+    if residual is not None:
+        x = x + residual
+    x32 = x.float()
+    y = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * (offset + weight.float())).to(x.dtype)
+    return y if residual is None else (y, x)
+
+
+def softcap(z, cap):
+    """Soft-capping (Gemma-2): c tanh(z / c), which keeps |z| < c and is ~z for |z| << c; cap None: z."""
+    return z if cap is None else torch.tanh(z / cap) * cap
 
 
 def rope_frequencies(config):
@@ -89,46 +123,79 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=c.qkv_bias)
         self.v_proj = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=c.qkv_bias)
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=False)
+        if c.qk_norm:  # Qwen3: one gain vector over head_dim, shared by the heads
+            self.q_norm = RMSNorm(c.head_dim, c.norm_eps)
+            self.k_norm = RMSNorm(c.head_dim, c.norm_eps)
+        self.scale = None if c.query_pre_attn_scalar is None else c.query_pre_attn_scalar ** -0.5
 
     def forward(self, x, cos, sin, mask, cache=None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.c.n_heads, self.c.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.c.n_kv_heads, self.c.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.c.n_heads, self.c.head_dim)
+        k = self.k_proj(x).view(B, T, self.c.n_kv_heads, self.c.head_dim)
+        if self.c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.c.n_kv_heads, self.c.head_dim).transpose(1, 2)
         q, k = kernels.rope(q, k, cos, sin)
         if cache is not None:  # (k_cache, v_cache, start): write this step's keys/values, attend to all so far
             k_cache, v_cache, start = cache
             k_cache[:, :, start:start + T], v_cache[:, :, start:start + T] = k, v
             k, v = k_cache[:, :, :start + T], v_cache[:, :, :start + T]
-        # grouped-query attention: each k/v head serves n_heads / n_kv_heads q heads (no copies with enable_gqa)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=self.c.n_kv_heads != self.c.n_heads)
+        if self.c.attn_softcap is not None:  # SDPA has no soft-capping: the eager formula
+            y = softcapped_attention(q, k, v, mask, self.scale or self.c.head_dim ** -0.5, self.c.attn_softcap)
+        else:  # grouped-query attention: each k/v head serves n_heads / n_kv_heads q heads (no copies with enable_gqa)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale,
+                                               enable_gqa=self.c.n_kv_heads != self.c.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
+def softcapped_attention(q, k, v, mask, scale, cap):
+    """softmax(c tanh(s q k^T / c) + M) v (Gemma-2), the softmax in float32; q [B, Hq, T, d], k, v [B, Hk, S, d]
+    (Hq a multiple of Hk), mask [B, 1, T, S] bool (True = attend) or None (causal, S = T)."""
+    k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    scores = softcap(q @ k.transpose(-1, -2) * scale, cap)
+    if mask is None:
+        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+
+
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); GeGLU (Gemma): down(gelu_tanh(gate(x)) * up(x))."""
 
     def __init__(self, c):
         super().__init__()
+        self.act = c.mlp_act
         self.gate_proj = nn.Linear(c.dim, c.hidden_dim, bias=False)
         self.up_proj = nn.Linear(c.dim, c.hidden_dim, bias=False)
         self.down_proj = nn.Linear(c.hidden_dim, c.dim, bias=False)
 
     def forward(self, x):
+        if self.act == "gelu_tanh":
+            return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
         return self.down_proj(kernels.swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class Block(nn.Module):
+    """Llama: x += attn(norm(x)); x += mlp(norm(x)). Gemma-2 (sandwich_norms): each sublayer's output is normed
+    too before the add, x += post_norm(attn(norm(x))); x += post_norm(mlp(pre_norm(x))) (HF's names kept)."""
+
     def __init__(self, c):
         super().__init__()
-        self.input_layernorm = RMSNorm(c.dim, c.norm_eps)
+        self.sandwich = c.sandwich_norms
+        self.input_layernorm = RMSNorm(c.dim, c.norm_eps, c.norm_offset)
         self.self_attn = Attention(c)
-        self.post_attention_layernorm = RMSNorm(c.dim, c.norm_eps)
+        self.post_attention_layernorm = RMSNorm(c.dim, c.norm_eps, c.norm_offset)
+        if c.sandwich_norms:
+            self.pre_feedforward_layernorm = RMSNorm(c.dim, c.norm_eps, c.norm_offset)
+            self.post_feedforward_layernorm = RMSNorm(c.dim, c.norm_eps, c.norm_offset)
         self.mlp = MLP(c)
 
     def forward(self, x, cos, sin, mask, cache=None):
         attn_out = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        if self.sandwich:
+            x = x + self.post_attention_layernorm(attn_out)
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
         h, x = self.post_attention_layernorm(x, residual=attn_out)  # x <- x + attn_out and h = norm(x), one pass
         return x + self.mlp(h)
 
@@ -139,7 +206,7 @@ class Transformer(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.norm = RMSNorm(config.dim, config.norm_eps, config.norm_offset)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -158,15 +225,15 @@ class Transformer(nn.Module):
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, start:start + T]
         angles = positions[:, None, :, None].float() * self.inv_freq  # [B, 1, T, head_dim/2]
         cos, sin = angles.cos(), angles.sin()
-        mask = None  # plain causal attention (the fast SDPA path) when there is no padding and no cache
-        if cache is not None or not bool(attention_mask.all()):
-            key_pos = torch.arange(start + T, device=input_ids.device)
-            query_pos = key_pos[start:, None]
-            mask = (key_pos <= query_pos) & attention_mask.bool()[:, None, None, :]
-            mask = mask | (key_pos == query_pos)  # a padding query sees itself: no all-masked row, no NaN
+        full_mask = attention_masks(attention_mask, start, T)
+        window = self.config.sliding_window
+        sliding_mask = attention_masks(attention_mask, start, T, window) if self.config.sliding_layers else None
         x = self.embed(input_ids)
+        if self.config.embed_scale:  # Gemma: sqrt(dim) rounded to the weights' dtype first, as the checkpoints expect
+            x = x * torch.tensor(self.config.dim ** 0.5, dtype=x.dtype)
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache["k"][i], cache["v"][i], start)
+            mask = sliding_mask if i in self.config.sliding_layers else full_mask
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 keep = kernels.checkpoint_context_fn(self.checkpoint_policy, self.checkpoint_budget)
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, layer_cache, use_reentrant=False,
@@ -175,8 +242,29 @@ class Transformer(nn.Module):
                 x = layer(x, cos, sin, mask, layer_cache)
         return self.norm(x)
 
+    def logits(self, hidden):
+        """Output logits (float32) of final hidden states: z = h W^T, soft-capped c tanh(z / c) where the config
+        says (Gemma-2)."""
+        return softcap(self.lm_head(hidden).float(), self.config.final_softcap)
+
     def forward(self, input_ids, attention_mask=None, cache=None):
-        return self.lm_head(self.hidden(input_ids, attention_mask, cache)).float()
+        return self.logits(self.hidden(input_ids, attention_mask, cache))
+
+
+def attention_masks(attention_mask, start, T, window=None):
+    """The boolean attention mask [B, 1, T, start + T] (True = attend) of T queries at positions start.. over all
+    keys so far: causal, padding keys hidden (attention_mask [B, start + T], 1 = token), and with a sliding window
+    only the `window` latest keys, the query's own included (key > query - window, as transformers' sliding
+    layers). None (plain causal attention, the fast SDPA path) when nothing else applies."""
+    S = start + T
+    if start == 0 and bool(attention_mask.all()) and (window is None or S <= window):
+        return None
+    key_pos = torch.arange(S, device=attention_mask.device)
+    query_pos = key_pos[start:, None]
+    mask = (key_pos <= query_pos) & attention_mask.bool()[:, None, None, :]
+    if window is not None:
+        mask = mask & (key_pos > query_pos - window)
+    return mask | (key_pos == query_pos)  # a padding query sees itself: no all-masked row, no NaN
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -257,11 +345,12 @@ def merged_state_dict(model):
 
 # ----------------------------------------------------------------------------- response log-probabilities
 
-def response_logps(hidden, lm_head_weight, input_ids, response_mask):
+def response_logps(hidden, lm_head_weight, input_ids, response_mask, final_softcap=None):
     """Sum of response-token log-probabilities from final hidden states, log pi(y|x) = sum_{t in y} log pi(y_t | x, y_<t).
 
     hidden [B, T, D]: the model's final normed hidden states (Transformer.hidden) of input_ids [B, T];
-    lm_head_weight [V, D]; response_mask [B, T] is 1 on the response tokens (the only ones that count).
+    lm_head_weight [V, D]; response_mask [B, T] is 1 on the response tokens (the only ones that count);
+    final_softcap: the config's final-logit soft cap c (Gemma-2), log pi = log softmax(c tanh(h W^T / c)).
     Returns (logps [B] float32, n_tokens [B]). Only the positions that predict a response token go
     through the output layer, so neither prompt nor padding tokens cost vocabulary-sized work.
     """
@@ -272,10 +361,32 @@ def response_logps(hidden, lm_head_weight, input_ids, response_mask):
     if torch.is_autocast_enabled(h.device.type):  # the output layer in the autocast dtype, as nn.Linear would be
         dtype = torch.get_autocast_dtype(h.device.type)
         h, weight = h.to(dtype), weight.to(dtype)
-    token_logps = kernels.linear_logprobs(h, weight, input_ids[:, 1:][rows])
+    labels = input_ids[:, 1:][rows]
+    if final_softcap is None:
+        token_logps = kernels.linear_logprobs(h, weight, labels)
+    else:
+        token_logps = softcapped_logprobs(h, weight, labels, final_softcap)
     logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
     logps = logps.index_add(0, rows[0], token_logps.float())
     return logps, targets.sum(-1)
+
+
+SOFTCAP_CHUNK_BYTES = 256 * 2 ** 20  # float32 logits of one chunk of rows in softcapped_logprobs
+
+
+def softcapped_logprobs(h, weight, labels, cap):
+    """log softmax(c tanh(z / c))[y], z = h W^T, for rows h [N, D], weight [V, D], labels [N] -> float32 [N].
+    The fused kernels (kernels.linear_logprobs) have no soft cap, so the logits are formed here, a chunk of rows
+    at a time; each chunk is recomputed in the backward pass (checkpoint) so only one chunk's logits live."""
+    chunk = max(1, SOFTCAP_CHUNK_BYTES // (4 * weight.shape[0]))
+
+    def piece(h_rows, w, y):
+        return kernels.logprobs(softcap((h_rows @ w.t()).float(), cap), y)
+
+    out = [torch.utils.checkpoint.checkpoint(piece, h[i:i + chunk], weight, labels[i:i + chunk], use_reentrant=False)
+           if torch.is_grad_enabled() else piece(h[i:i + chunk], weight, labels[i:i + chunk])
+           for i in range(0, h.shape[0], chunk)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float32, device=h.device)
 
 
 def sequence_logps(model, input_ids, attention_mask, response_mask):
@@ -286,4 +397,14 @@ def sequence_logps(model, input_ids, attention_mask, response_mask):
     Only the positions that predict a response token go through the output layer, so neither
     prompt nor padding tokens cost vocabulary-sized work.
     """
-    return response_logps(model.hidden(input_ids, attention_mask), model.lm_head.weight, input_ids, response_mask)
+    return response_logps(model.hidden(input_ids, attention_mask), model.lm_head.weight, input_ids, response_mask,
+                          model.config.final_softcap)
+
+
+def last_token_scores(model, weight, input_ids, attention_mask):
+    """z = W h_last: the final normed hidden state at each row's last non-padding token (the rightmost 1 of
+    attention_mask, so left and right padding both work) times weight [k, D], e.g. a reward model's score head.
+    input_ids, attention_mask [B, T] -> z [B, k] float32 (transformers' XForSequenceClassification pooled logits)."""
+    hidden = model.hidden(input_ids, attention_mask)
+    last = (torch.arange(input_ids.shape[1], device=input_ids.device) * attention_mask).argmax(-1)
+    return hidden[torch.arange(input_ids.shape[0], device=input_ids.device), last].float() @ weight.float().t()

@@ -30,7 +30,6 @@ per (scorer, model, text) (cache.py), so a second run recomputes nothing.
 """
 import argparse
 import functools
-import glob
 import hashlib
 import json
 import math
@@ -42,7 +41,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 import checkpoint
 import data
@@ -54,7 +52,7 @@ import relevance
 from cache import Cache, cache_name, cached_compute, chat_fingerprint, model_fingerprint, new_stats
 from generate import shared_prefix_hidden
 from measures import NORMALIZE, centroid_novelty, diversity, dsi_novelty, unit_rows, words
-from model import ModelError, response_logps
+from model import ModelError, response_logps, softcap
 from registry import DIMENSIONS, paper_dims, parse_variant, scorer
 
 JUDGE_QUESTION = (  # the prompt and response come last, so every response of a prompt shares the prefix
@@ -79,7 +77,7 @@ def perplexity(model, tokenizer, prompt, responses, batch_size=16, stats=None):
         ids, _, resp = data.pad_batch([seqs[i] for i in idx], tokenizer.pad_id, [chats[i][1] for i in idx])
         ids, resp = ids.to(hidden.device), resp.to(hidden.device)
         with torch.inference_mode():
-            logps, n_tokens = response_logps(hidden, model.lm_head.weight, ids, resp)
+            logps, n_tokens = response_logps(hidden, model.lm_head.weight, ids, resp, model.config.final_softcap)
         if stats is not None:
             stats["lm_head_tokens"] += int(n_tokens.sum())
         yield idx, torch.exp(-logps.double() / n_tokens.clamp(min=1).double()).cpu().numpy()
@@ -105,20 +103,13 @@ def judge(model, tokenizer, prompt, responses, batch_size=16, stats=None):
     yes, no = tokenizer.encode("Yes")[0], tokenizer.encode("No")[0]
     seqs = [tokenizer.chat(judge_prompt(prompt, r))[0] for r in responses]
     for idx, z in last_token_scores(model, seqs, model.lm_head.weight[[yes, no]], batch_size, stats):
-        yield idx, torch.softmax(z, dim=-1)[:, 0].numpy()
+        yield idx, torch.softmax(softcap(z, model.config.final_softcap), dim=-1)[:, 0].numpy()  # Gemma-2's cap
 
 
 def load_reward_model(path, device="cpu"):
-    """A Llama-family sequence classifier: the transformer via checkpoint.load, plus `score.weight` [labels, D]
-    read from the folder's safetensors. -> (model, tokenizer, score_weight)."""
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    for f in files:
-        with safe_open(f, framework="pt") as st:
-            if "score.weight" in st.keys():
-                rm, tok = checkpoint.load(path, device=device)
-                return rm, tok, st.get_tensor("score.weight").float()
-    raise data.DataError(f"{path}: no `score.weight` tensor in its *.safetensors (--quality rm needs a "
-                         "Llama-family sequence-classification checkpoint with a score head)")
+    """A sequence-classification reward model (Llama, Gemma-2, Qwen2/3, Mistral: checkpoint.REWARD_HEADS): the
+    backbone and `score.weight` [labels, D] via checkpoint.load_reward_model. -> (model, tokenizer, score_weight)."""
+    return checkpoint.load_reward_model(path, device=device)
 
 
 def reward(rm, tokenizer, score_weight, prompt, responses, batch_size=16, stats=None):

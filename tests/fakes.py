@@ -56,32 +56,42 @@ def write_tiny_tokenizer(folder, vocab_size):
         json.dump({"eos_token": "w1", "bos_token": "w2"}, f)
 
 
-def tiny_hf_model(kind, tmp_path, shard=False, **extra):
-    """A tiny random checkpoint written by transformers' save_pretrained (the oracle's own writer)."""
+# Gemma-2 at a tiny scale with every difference active: a window shorter than the test sequences, soft caps small
+# enough to bend the logits, a query scale and a head_dim unrelated to hidden_size / heads
+TINY_GEMMA2 = dict(head_dim=24, query_pre_attn_scalar=20, sliding_window=6, attn_logit_softcapping=4.0,
+                   final_logit_softcapping=3.0)
+
+
+def tiny_hf_model(kind, tmp_path, shard=False, head="causal", **extra):
+    """A tiny random checkpoint written by transformers' save_pretrained (the oracle's own writer).
+    kind: llama | qwen2 | mistral | gemma2 | qwen3; head "causal" (XForCausalLM) or "reward" (a one-label
+    XForSequenceClassification, pad_token_id 0)."""
     import transformers  # the oracle: only the tests that call this need it
 
-    torch.manual_seed({"llama": 0, "qwen2": 1, "mistral": 2}[kind])
+    torch.manual_seed({"llama": 0, "qwen2": 1, "mistral": 2, "gemma2": 3, "qwen3": 4}[kind])
     common = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, initializer_range=0.2, rms_norm_eps=1e-6)
+    names = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral", "gemma2": "Gemma2", "qwen3": "Qwen3"}
+    tie = {"llama": False, "qwen2": True, "mistral": False, "gemma2": True, "qwen3": False}[kind]
+    if kind == "gemma2":
+        common.update(TINY_GEMMA2, num_hidden_layers=3, attn_implementation="eager")
+    if kind == "qwen3":
+        common.update(head_dim=24)
+    if head == "reward":
+        common.update(num_labels=1, pad_token_id=0)
     common.update(extra)
-    if kind == "llama":
-        cfg = transformers.LlamaConfig(tie_word_embeddings=False, **common)
-        hf = transformers.LlamaForCausalLM(cfg)
-    elif kind == "qwen2":
-        cfg = transformers.Qwen2Config(tie_word_embeddings=True, **common)
-        hf = transformers.Qwen2ForCausalLM(cfg)
-        with torch.no_grad():  # transformers initialises biases to zero: make them matter
+    cfg = getattr(transformers, f"{names[kind]}Config")(tie_word_embeddings=tie, **common)
+    cls = "ForCausalLM" if head == "causal" else "ForSequenceClassification"
+    hf = getattr(transformers, f"{names[kind]}{cls}")(cfg)
+    with torch.no_grad():
+        if kind == "qwen2":  # transformers initialises biases to zero: make them matter
             for layer in hf.model.layers:
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     proj.bias.normal_(0, 0.5)
-    else:
-        cfg = transformers.MistralConfig(tie_word_embeddings=False, **common)
-        hf = transformers.MistralForCausalLM(cfg)
-    with torch.no_grad():  # RMSNorm gains start at 1: perturb so a wrong mapping shows
-        for name, p in hf.named_parameters():
+        for name, p in hf.named_parameters():  # RMSNorm gains start at 1 (Gemma: 0): perturb so a wrong mapping shows
             if "norm" in name:
-                p.normal_(1.0, 0.3)
-    folder = tmp_path / kind
+                p.normal_(0.0 if kind == "gemma2" else 1.0, 0.3)
+    folder = tmp_path / (kind if head == "causal" else f"{kind}-rm")
     hf.save_pretrained(folder, max_shard_size="40KB" if shard else "5GB")
     write_tiny_tokenizer(folder, 128)
     return hf.eval(), folder

@@ -232,6 +232,34 @@ def read_metrics(out, split="train"):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Gemma-2 end to end: the README's command on a tiny Gemma-2 written by transformers, with and without a Gemma-2
+# reward model as the quality scorer
+
+def test_tiny_gemma2_trains_with_lora_and_a_gemma2_reward_model(tmp_path):
+    pytest.importorskip("transformers", reason="transformers writes the tiny checkpoints (requirements-dev.txt)")
+    from fakes import tiny_hf_model
+
+    tok = tiny_tokenizer()
+    folders = {}
+    for head in ("causal", "reward"):
+        _, folders[head] = tiny_hf_model("gemma2", tmp_path, head=head, vocab_size=tok.tok.get_vocab_size())
+        tok.tok.save(str(folders[head] / "tokenizer.json"))
+        (folders[head] / "tokenizer_config.json").write_text(json.dumps(
+            {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "chat_template": TEMPLATE}))
+    sample = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "muce_sample.jsonl")
+    base = ["--data", sample, "--model", str(folders["causal"]), "--lora-rank", "8", "--max-steps", "2",
+            "--device", "cpu", "--score-cache", str(tmp_path / "cache")]
+    rm = ["--score-quality", "rm", str(folders["reward"]), "--lambda-quality", "1"]
+    for out, extra in ((tmp_path / "plain", []), (tmp_path / "rm", rm)):
+        assert crpo.main([*base, "--out", str(out), *extra]) == 0
+        assert json.loads((out / "config.json").read_text())["architectures"] == ["Gemma2ForCausalLM"]
+        assert (out / "adapter" / "adapter_model.safetensors").exists()
+    plain, with_rm = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "rm")
+    assert len(plain) == len(with_rm) == 2
+    assert all(abs(a["mean_c"] - b["mean_c"]) > 1e-3 for a, b in zip(plain, with_rm))  # the reward term counts
+
+
+# ----------------------------------------------------------------------------------------------------
 # sequence_logps
 
 

@@ -4,7 +4,7 @@ import torch
 
 import checkpoint
 import generate
-from fakes import tiny_hf_model, tiny_model
+from fakes import ByteTokenizer, tiny_hf_model, tiny_model
 
 
 def test_default_greedy_answer_names_paris(default):
@@ -83,6 +83,69 @@ def test_shared_prefix_keeps_one_token_of_a_sequence_that_is_all_prefix():
         with torch.no_grad():
             ref = m.hidden(torch.tensor([s]))[0]
         assert (out[i] - ref).abs().max() <= 64 * 2.0 ** -23 * ref.abs().max()
+
+
+# ----------------------------------------------------------------------------- Gemma-2: sliding window, soft caps
+
+def recompute_generation(m, tok, prompt, steps, temperature, gen):
+    """Reference decoding: the whole sequence through m every step (no KV cache), sampled as generate samples."""
+    seq = tok.chat(prompt)[0]
+    start = len(seq)
+    with torch.no_grad():
+        for _ in range(steps):
+            nxt = int(generate.sample(m(torch.tensor([seq]))[:, -1], temperature, 1.0, gen))
+            if nxt in tok.stop_ids:
+                break
+            seq.append(nxt)
+    return seq[start:]
+
+
+class IdsTokenizer(ByteTokenizer):
+    """ByteTokenizer whose decode spells out every id: texts compare token for token."""
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "llama", "mistral", "qwen2", "qwen3"])
+def test_cached_generation_equals_recompute(kind, tmp_path):
+    """KV-cache decoding on tiny transformers-written checkpoints (Gemma-2: window 6, soft caps): left-padded
+    step-by-step logits equal one full pass over each sequence, and sampled generation (which reads the
+    soft-capped logits) equals recomputing the whole sequence every step, for prompts shorter and longer than
+    Gemma-2's window."""
+    pytest.importorskip("transformers", reason="transformers writes the tiny checkpoint (requirements-dev.txt)")
+    _, folder = tiny_hf_model(kind, tmp_path, vocab_size=256)
+    m, _ = checkpoint.load(folder)
+    tok = IdsTokenizer()
+    prompts = ["hello there friend", "ok", "a brick, a wall"]
+    if kind == "gemma2":
+        assert len(tok.chat("ok")[0]) < m.config.sliding_window == 6 < len(tok.chat(prompts[0])[0])  # both sides
+    # teacher-forced: generate's loop (left padding, a growing mask, one token a step) on fixed continuations
+    seqs = [tok.chat(p)[0] for p in prompts]
+    steps, T = 12, max(len(s) for s in seqs)
+    cont = torch.randint(4, 256, (3, steps), generator=torch.Generator().manual_seed(0))
+    ids = torch.zeros(3, T, dtype=torch.long)
+    mask = torch.zeros(3, T + steps, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s):], mask[i, T - len(s):T] = torch.tensor(s), 1
+    cache = generate.new_kv_cache(m, 3, T + steps)
+    with torch.no_grad():
+        step_logits = [m.logits(m.hidden(ids, mask[:, :T], cache)[:, -1])]
+        for t in range(steps - 1):
+            cache["start"] = T + t
+            mask[:, T + t] = 1
+            step_logits.append(m.logits(m.hidden(cont[:, t:t + 1], mask[:, :T + t + 1], cache)[:, -1]))
+        for i, s in enumerate(seqs):
+            full = m(torch.cat([torch.tensor(s), cont[i, :steps - 1]])[None])[0, len(s) - 1:]
+            assert (torch.stack([z[i] for z in step_logits]) - full).abs().max() < 1e-4
+    lengths = []
+    for prompt in prompts:
+        for seed in (0, 1):
+            [[sampled]] = generate.generate(m, tok, [prompt], max_new_tokens=12, temperature=1.0, seed=seed)
+            gen = torch.Generator().manual_seed(seed)
+            assert sampled == tok.decode(recompute_generation(m, tok, prompt, 12, 1.0, gen)).strip()
+            lengths.append(len(sampled.split()))
+    assert min(lengths) > 6  # every sample went on past the window
 
 
 # ----------------------------------------------------------------------------- the command line

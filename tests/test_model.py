@@ -92,3 +92,55 @@ def test_lora_starts_as_the_base_and_disables_back_to_it():
         with model.lora_disabled(m):
             assert torch.equal(m(ids), base)
         assert (m(ids) - base).abs().max() > 1e-2  # re-enabled on leaving
+
+
+# ----------------------------------------------------------------------------- Gemma-2 pieces
+
+def test_softcapped_logprobs_equal_float64_log_softmax_and_their_gradient():
+    """log softmax(c tanh(h W^T / c))[y] in chunks with recomputation: value and gradient against float64 autograd."""
+    gen = torch.Generator().manual_seed(5)
+    h = torch.randn(7, 16, generator=gen, dtype=torch.float64).float().requires_grad_()
+    w = (torch.randn(50, 16, generator=gen) * 2).requires_grad_()
+    y = torch.randint(0, 50, (7,), generator=gen)
+    old, model.SOFTCAP_CHUNK_BYTES = model.SOFTCAP_CHUNK_BYTES, 3 * 50 * 4  # 3 rows a chunk: 3 chunks
+    try:
+        out = model.softcapped_logprobs(h, w, y, 2.5)
+    finally:
+        model.SOFTCAP_CHUNK_BYTES = old
+    out.sum().backward()
+    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    z = 2.5 * torch.tanh(h64 @ w64.t() / 2.5)
+    ref = torch.log_softmax(z, -1)[torch.arange(7), y]
+    ref.sum().backward()
+    assert (out.double() - ref).abs().max() < 1e-5
+    assert (h.grad.double() - h64.grad).abs().max() < 1e-5 and (w.grad.double() - w64.grad).abs().max() < 1e-5
+    assert (torch.log_softmax(h64 @ w64.t(), -1)[torch.arange(7), y] - ref).abs().max() > 0.1  # the cap matters
+
+
+def test_attention_masks_by_hand():
+    """Causal, padding keys hidden, a window of 2 (the query and the key before it), a padding query sees itself."""
+    am = torch.tensor([[0, 1, 1, 1]])
+    assert model.attention_masks(torch.ones(1, 4, dtype=torch.long), 0, 4) is None  # plain causal: SDPA's fast path
+    assert model.attention_masks(torch.ones(1, 4, dtype=torch.long), 0, 4, window=4) is None
+    full = model.attention_masks(am, 0, 4)[0, 0].int().tolist()
+    assert full == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [0, 1, 1, 1]]
+    slide = model.attention_masks(torch.ones(1, 4, dtype=torch.long), 0, 4, window=2)[0, 0].int().tolist()
+    assert slide == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]
+    step = model.attention_masks(torch.ones(1, 5, dtype=torch.long), 4, 1, window=2)[0, 0].int().tolist()
+    assert step == [[0, 0, 0, 1, 1]]  # decoding position 4 with a cache: keys 3 and 4 only
+
+
+def test_offset_rms_norm_and_softcapped_attention_equal_float64_formulas():
+    gen = torch.Generator().manual_seed(1)
+    x, g = torch.randn(3, 8, generator=gen), torch.randn(8, generator=gen) * 0.3
+    x64 = x.double()
+    ref = x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + g.double())
+    assert (model.offset_rms_norm(x, g, 1e-6, 1.0).double() - ref).abs().max() < 1e-6
+    q, k, v = (torch.randn(1, h, 5, 4, generator=gen) * 3 for h in (4, 2, 2))
+    y = model.softcapped_attention(q, k, v, None, 0.5, 2.0)
+    q64, k64, v64 = q.double(), k.double().repeat_interleave(2, 1), v.double().repeat_interleave(2, 1)
+    scores = 2.0 * torch.tanh(q64 @ k64.transpose(-1, -2) * 0.5 / 2.0)
+    scores = scores.masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), float("-inf"))
+    assert (y.double() - torch.softmax(scores, -1) @ v64).abs().max() < 1e-5
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.5, enable_gqa=True)
+    assert (y - plain).abs().max() > 1e-2  # the cap of 2 bends these scores

@@ -164,6 +164,25 @@ def test_one_response_and_all_equal_groups_get_half(tmp_path):
 # ----------------------------------------------------------------------------- LM scorers
 
 
+def test_gemma2_surprise_and_judge_read_the_soft_capped_logits(tmp_path):
+    """surprise lm and quality judge with a tiny Gemma-2 (final soft cap 3) equal transformers' numbers."""
+    pytest.importorskip("transformers", reason="transformers writes the tiny checkpoint (requirements-dev.txt)")
+    from fakes import tiny_hf_model
+
+    hf, folder = tiny_hf_model("gemma2", tmp_path, vocab_size=256)
+    m, tok = checkpoint.load(folder)[0], ByteTokenizer()
+    oracle = lambda ids: hf(input_ids=ids).logits  # noqa: E731
+    prompt, responses = "Name a use for a brick.", ["spoon rest", "sp", "a doorstop for windy days"]
+    [res], _ = score.score_groups(groups_of([(prompt, responses)]), ["surprise", "quality"], model=m, tokenizer=tok,
+                                  quality="judge", cache_dir=tmp_path, batch_size=2, show_progress=False)
+    np.testing.assert_allclose(res["surprise_raw"], [reference_perplexity(oracle, tok, prompt, r) for r in responses],
+                               rtol=1e-4)
+    yes, no = tok.encode("Yes")[0], tok.encode("No")[0]
+    with torch.no_grad():
+        z = [oracle(torch.tensor([tok.chat(score.judge_prompt(prompt, r))[0]]))[0, -1].double() for r in responses]
+    np.testing.assert_allclose(res["quality_raw"], [float(torch.softmax(zi[[yes, no]], 0)[0]) for zi in z], rtol=1e-4)
+
+
 def test_perplexity_equals_exp_mean_nll_from_logits(tmp_path):
     m, tok = tiny_model(), ByteTokenizer()
     # responses sharing first bytes ("sp..."), different lengths, batch size 2: the shared-prefix pass,
@@ -227,6 +246,31 @@ def test_reward_model_score_head(tmp_path):
             h = m.hidden(torch.tensor([ids]))[0, -1].double()
         want.append(float(h @ w[0].double()))
     np.testing.assert_allclose(res["quality_raw"], want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "qwen3"])
+def test_reward_model_heads_written_by_transformers(kind, tmp_path):
+    """--quality rm PATH with a Gemma2- / Qwen3ForSequenceClassification folder written by transformers (a ChatML
+    byte-BPE tokenizer beside it): each response's reward equals transformers' pooled logit of its chat sequence."""
+    pytest.importorskip("transformers", reason="transformers writes the reward model (requirements-dev.txt)")
+    from fakes import tiny_hf_model
+    from tokenizers import Tokenizer as HFTokenizer, models
+
+    hf, folder = tiny_hf_model(kind, tmp_path, head="reward", vocab_size=258)
+    vocab = {f"<0x{b:02X}>": b for b in range(256)} | {"<|im_start|>": 256, "<|im_end|>": 257}
+    tok = HFTokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True))
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
+                                                              "chat_template": "<|im_start|>"}))
+    prompt, responses = "rate me", ["good answer", "bad", "another good answer!", "ok"]
+    [res], _ = score.score_groups(groups_of([(prompt, responses)]), ["quality"], quality=("rm", str(folder)),
+                                  cache_dir=tmp_path, show_progress=False, batch_size=3)
+    _, rm_tok, _ = checkpoint.load_reward_model(folder)
+    with torch.no_grad():
+        want = [float(hf(input_ids=torch.tensor([rm_tok.chat(prompt, r)[0]])).logits[0, 0]) for r in responses]
+    np.testing.assert_allclose(res["quality_raw"], want, rtol=0, atol=1e-4)
+    assert np.std(want) > 1e-2
 
 
 # ----------------------------------------------------------------------------- cache
