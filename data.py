@@ -485,11 +485,11 @@ def split_summary(train, val):
 
 def build_split_pairs(rows, *, split_column=None, val_frac=PAIR_DEFAULTS["val_frac"], seed=0, source=None,
                       log=print, **pair_options):
-    """(train_pairs, val_pairs) from rows, with the counts logged. split_column None: build_pairs over all rows,
+    """(train_pairs, val_pairs) from rows, with the counts logged. split_column None or "": build_pairs over all rows,
     then split_by_prompt(val_frac, seed). split_column (e.g. MuCE's "Set"): split_rows first, then build_pairs
     inside each split (as the authors do), so no Test/Heldout row is in any pair and val_frac is not used; a
     validation split without pairs is empty. pair_options: build_pairs' keyword arguments."""
-    if split_column is None:
+    if not split_column:
         pairs, stats = build_pairs(rows, seed=seed, source=source, **pair_options)
         log(pairs_summary(stats))
         return split_by_prompt(pairs, val_frac, seed)

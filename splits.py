@@ -23,7 +23,8 @@ def split_rows(rows, column, source="data"):
 
     Training -> train, Validation -> validation; Test, HeldoutItem, HeldoutTask, HeldoutLanguage never train
     nor validate (dropped, counted by value in stats["never"]). A row without the column or with another value
-    raises ValueError "FILE:LINE: ..." (data.build_split_pairs turns it into a DataError). stats["prompts_in_both"]: prompts with rows in train and validation."""
+    raises ValueError "FILE:LINE: ..." (data.build_split_pairs turns it into a DataError).
+    stats["prompts_in_both"]: prompts with rows in train and validation."""
     out, never = {"train": [], "validation": []}, {}
     for r in rows:
         value = r.get(column)
@@ -68,7 +69,7 @@ def add_pair_rule_flags(ap):
                     "--max-pairs-per-response takes pairs: largest margin first, or file order (the authors')")
     ap.add_argument("--split-column", default=None, help="split rows by this column (MuCE: Set): Training -> train, "
                     "Validation -> validation, Test/HeldoutItem/HeldoutTask/HeldoutLanguage never used; replaces "
-                    "--val-frac")
+                    "--val-frac; '' = none)")
 
 
 def pair_options(args, score_columns=()):
