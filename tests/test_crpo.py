@@ -563,13 +563,14 @@ def test_a_registered_toy_dimension_trains_through_main(tiny, tmp_path, monkeypa
                           "--lambda-novelty", "0", "--lambda-diversity", "0", "--lambda-surprise", "0",
                           "--lambda-toy", "2", "--score-cache", str(tmp_path / "cache"))) == 0
     # one step over every training pair: mean c = 2 * mean over pairs of the chosen's min-max normalised length,
-    # the group being the unique responses in that prompt's pairs (training and validation pairs are scored together)
+    # the group being the unique chosen responses in that prompt's pairs (the default --score-population chosen;
+    # training and validation pairs are scored together; all lengths equal: 0.5)
     train, val = train_pairs_of(plain)
     groups = {}
     for p in train + val:
-        for side in ("chosen", "rejected"):
-            groups.setdefault(p["prompt"], set()).add(p[side])
-    norm = lambda p, r: (len(r) - min(map(len, groups[p]))) / (max(map(len, groups[p])) - min(map(len, groups[p])))  # noqa: E731
+        groups.setdefault(p["prompt"], set()).add(p["chosen"])
+    lo, hi = (lambda p: min(map(len, groups[p]))), (lambda p: max(map(len, groups[p])))  # noqa: E731
+    norm = lambda p, r: (len(r) - lo(p)) / (hi(p) - lo(p)) if hi(p) > lo(p) else 0.5  # noqa: E731
     want = 2 * sum(norm(p["prompt"], p["chosen"]) for p in train) / len(train)
     assert read_metrics(str(out))[0]["mean_c"] == pytest.approx(want, rel=1e-6)
 
