@@ -35,6 +35,7 @@ import kernels
 import model
 import outputs
 import pairs
+import presets
 import registry
 import score
 
@@ -49,8 +50,8 @@ class CrpoError(Exception):
 def creativity_weights(scores_chosen, scores_rejected, lambdas, strategy="add", weight_on="chosen"):
     """Per-pair creativity weight c, over the dimensions k with lambda_k > 0:
 
-        d_k = s_k(y_w)                        weight_on="chosen" (the paper's equation)
-        d_k = max(0, s_k(y_w) - s_k(y_l))     weight_on="margin" (the authors' released code)
+        d_k = s_k(y_w)                        weight_on="chosen" (the paper's equation; what the authors trained)
+        d_k = max(0, s_k(y_w) - s_k(y_l))     weight_on="margin" (their weight function, given rejected scores)
         c   = sum_k  lambda_k d_k             strategy="add"
         c   = prod_k lambda_k d_k             strategy="mult"
         c   = 1                               when no lambda_k > 0 (plain DPO)
@@ -175,13 +176,14 @@ def parse_args(argv=None):
         a(f"--lambda-{name}", type=float, default=dim.default_lambda, help=f"weight of {name}: {dim.help}")
     a("--strategy", choices=("add", "mult"), default="add", help="combine dimensions: sum or product")
     a("--weight-on", choices=("chosen", "margin"), default="chosen",
-      help="d_k = score of the chosen response (the paper's equation) or max(0, chosen - rejected) (the authors' code)")
+      help="d_k = score of the chosen response (the paper's equation, what the authors trained with) or "
+      "max(0, chosen - rejected) (their weight function when rejected scores exist)")
     a("--lora-rank", type=int, default=0, help="> 0: train LoRA adapters of this rank; 0: full fine-tuning")
     a("--lora-alpha", type=float, default=None, help="LoRA alpha (default 2 * rank)")
     a("--lora-dropout", type=float, default=0.0)
     a("--lora-targets", default=",".join(model.LORA_TARGETS), help="comma-separated linear layer names")
     a("--min-margin", type=float, default=data.PAIR_DEFAULTS["min_margin"],
-      help="minimum score difference for a rating pair")
+      help="minimum score difference for a rating pair (the file's own score scale)")
     a("--max-pairs-per-response", type=int, default=data.PAIR_DEFAULTS["max_pairs_per_response"],
       help="cap on the pairs any one response joins, largest margins first (0 = no cap; a prompt with n responses "
            "has n(n-1)/2 pairs, which explodes on real rating files)")
@@ -213,7 +215,9 @@ def parse_args(argv=None):
     a("--score-reference", default=None, help="reference responses (JSON Lines) for DSI novelty")
     a("--score-encoder", default=None, help="sentence encoder folder (default: the embedded all-MiniLM-L6-v2)")
     a("--score-cache", default=None, help="score cache folder (default: $CRPO_CACHE or .cache/crpo)")
-    args = p.parse_args(argv)
+    pairs.add_flags(p)  # the authors' pair rules, MuCE's split column, --score-population
+    presets.add_flag(p)
+    args = presets.parse(p, argv)  # parse_args with --preset's values as defaults
     problem = check_args(args)
     if problem:
         p.error(problem)

@@ -3,6 +3,7 @@
     rows, report = read_rows("muce.jsonl")                 # validated rows + what was read/kept/skipped
     pairs, stats = build_pairs(rows, min_margin=1.0)       # (prompt, chosen, rejected) from ratings
     train, val = split_by_prompt(pairs, val_frac=0.1, seed=0)
+    train, val = build_split_pairs(rows, split_column="Set", min_score=20, min_margin=5)  # MuCE's Set column
     items, tstats = tokenize_pairs(train, tokenizer, max_len=512)
     batch = collate(items[:8], tokenizer.pad_id)           # input_ids / attention_mask / response_mask [2B, T]
 
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 import files
 import registry
+import splits
 from conversation import PromptError, as_prompt, completion_text, has_control_string, implicit_prompt, prompt_key
 from tokenizer import tokenize_pairs, tokens_summary
 
@@ -201,7 +203,7 @@ def _parse_preference(obj, score_columns=()):
     return row
 
 
-def read_rows(path, *, skip_bad_rows=False, score_columns=()):
+def read_rows(path, *, skip_bad_rows=False, score_columns=(), split_column=None):
     """Read a JSON Lines file (or a gzipped one, .jsonl.gz) of rating or preference rows -> (rows, ReadReport).
 
     Each row is a dict with "kind" and "line" (1-based source line) added. A bad row (not UTF-8, not JSON,
@@ -211,6 +213,7 @@ def read_rows(path, *, skip_bad_rows=False, score_columns=()):
     score = mean of their scores (creativity scores likewise), "merged_lines" lists the lines.
     score_columns: names of precomputed creativity scores to read and check (in [0, 1]): `name` in rating
     rows, `name_chosen` / `name_rejected` in preference rows (the CLIs pass registry.DIMENSIONS).
+    split_column: rows merge only within one value of this column (a Test row never joins a Training row).
     """
     path = str(path)
     try:
@@ -264,7 +267,7 @@ def read_rows(path, *, skip_bad_rows=False, score_columns=()):
         report.control_strings += any(has_control_string(row[k]) for k in ("prompt", "response", "chosen", "rejected")
                                       if isinstance(row.get(k), str))
         if kind == "rating":
-            key = (prompt_key(row["prompt"]), row["response"].strip())
+            key = (prompt_key(row["prompt"]), row["response"].strip(), str(row.get(split_column)))
             if key in first_row_of:
                 merged.setdefault(first_row_of[key], [rows[first_row_of[key]]]).append(row)
                 report.duplicates_merged += 1
@@ -350,20 +353,28 @@ def _length_balance(pairs, seed, stats):
 
 
 def build_pairs(rows, *, min_margin=0.0, max_pairs_per_response=None, length_balance=False, seed=0,
-                source=None, score_columns=()):
+                source=None, score_columns=(), min_score=None, max_margin=None, cap_order="margin"):
     """Preference pairs from rows -> (pairs, stats).
 
-    Rating rows, per prompt group: every pair (a, b) with s_a > s_b and s_a - s_b >= min_margin becomes
-    {chosen: a, rejected: b} (equal scores give no preference). max_pairs_per_response = m: greedy over
-    the candidates, largest margin first (ties: earlier chosen row, then earlier rejected row), keep a pair
-    iff both responses have joined < m kept pairs. length_balance: see _length_balance.
+    Rating rows, per prompt group: every pair (a, b) with s_a > s_b, s_a - s_b >= min_margin, both
+    s_a, s_b >= min_score (when given) and s_a - s_b <= max_margin (when given) becomes {chosen: a,
+    rejected: b} (equal scores give no preference). Thresholds are in the file's own score units.
+    max_pairs_per_response = m: greedy over the candidates in cap_order, keep a pair iff both responses have
+    joined < m kept pairs; cap_order "margin": largest margin first (ties: earlier chosen row, then earlier
+    rejected row); "file": pairs (i, j), i < j, in the rows' file order, as the authors' prepare_preference_data
+    (src/crpo/data.py: min score 20, margin 5, 10 pairs per response on MuCE). length_balance: see _length_balance.
     Each pair: {"prompt", "chosen", "rejected", "score_chosen", "score_rejected"} plus "<k>_chosen",
     "<k>_rejected" for each creativity score k both rows carry.
     Preference rows pass through (min_margin and max_pairs_per_response do not apply: no scores; rows
     with chosen == rejected are dropped and counted). No pairs at all is a DataError; source names the
-    file in that message. stats: counts, with candidate_pairs == equal_score + below_margin + capped +
-    length_dropped + pairs for rating rows.
+    file in that message. stats: counts, with candidate_pairs == below_min_score + equal_score + below_margin +
+    above_max_margin + capped + length_dropped + pairs for rating rows.
     """
+    for name, v in (("min_score", min_score), ("max_margin", max_margin)):
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+            raise ValueError(f"{name} must be a finite number or None, got {v!r}")
+    if cap_order not in ("margin", "file"):
+        raise ValueError(f"cap_order must be 'margin' or 'file', not {cap_order!r}")
     if not (isinstance(min_margin, (int, float)) and math.isfinite(min_margin) and min_margin >= 0):
         raise ValueError(f"min_margin must be a finite number >= 0, got {min_margin!r}")
     if max_pairs_per_response is not None and (not isinstance(max_pairs_per_response, int) or max_pairs_per_response < 1):
@@ -390,18 +401,30 @@ def build_pairs(rows, *, min_margin=0.0, max_pairs_per_response=None, length_bal
         for r in rows:
             groups.setdefault(prompt_key(r["prompt"]), []).append(r)
         stats.update(prompts=len(groups), single_response_prompts=0, prompts_with_pairs=0, candidate_pairs=0,
-                     equal_score=0, below_margin=0, capped=0, min_margin=min_margin,
-                     max_pairs_per_response=max_pairs_per_response)
+                     below_min_score=0, equal_score=0, below_margin=0, above_max_margin=0, capped=0,
+                     min_margin=min_margin, max_pairs_per_response=max_pairs_per_response, min_score=min_score,
+                     max_margin=max_margin, cap_order=cap_order)
         for group in tqdm(groups.values(), desc="pairs", unit="prompt", disable=len(rows) < 20000, leave=False):
             prompt, n = group[0]["prompt"], len(group)
             if n == 1:
                 stats["single_response_prompts"] += 1
                 continue
-            chosen, rejected, n_equal = _candidate_pairs([r["score"] for r in group], min_margin)
-            n_candidates = n * (n - 1) // 2
+            scores = np.array([r["score"] for r in group], dtype=np.float64)
+            ok = np.arange(n) if min_score is None else np.flatnonzero(scores >= min_score - EPS)
+            chosen, rejected, n_equal = _candidate_pairs(scores[ok], min_margin)
+            chosen, rejected = ok[chosen], ok[rejected]  # indices into the group again
+            n_candidates, n_ok = n * (n - 1) // 2, len(ok) * (len(ok) - 1) // 2
             stats["candidate_pairs"] += n_candidates
+            stats["below_min_score"] += n_candidates - n_ok
             stats["equal_score"] += n_equal
-            stats["below_margin"] += n_candidates - n_equal - len(chosen)
+            stats["below_margin"] += n_ok - n_equal - len(chosen)
+            if max_margin is not None:
+                within = scores[chosen] - scores[rejected] <= max_margin + EPS
+                stats["above_max_margin"] += int((~within).sum())
+                chosen, rejected = chosen[within], rejected[within]
+            if cap_order == "file":  # the authors' loop: i over the rows, j > i, in file order
+                by = np.lexsort((np.maximum(chosen, rejected), np.minimum(chosen, rejected)))
+                chosen, rejected = chosen[by], rejected[by]
             keep = range(len(chosen)) if max_pairs_per_response is None else _greedy_cap(chosen, rejected, n, max_pairs_per_response)
             stats["capped"] += len(chosen) - len(keep)
             stats["prompts_with_pairs"] += len(keep) > 0
@@ -429,6 +452,14 @@ def build_pairs(rows, *, min_margin=0.0, max_pairs_per_response=None, length_bal
                    f"--min-margin {min_margin:g}")
             todo = ("lower --min-margin, or give each prompt several responses with different scores"
                     if stats["below_margin"] else "give each prompt several responses with different scores")
+            if stats["below_min_score"] or stats["above_max_margin"]:
+                lo, hi = min(r["score"] for r in rows), max(r["score"] for r in rows)
+                if min_score is not None:
+                    why += f", {stats['below_min_score']:,} with a response below --min-score {min_score:g}"
+                if max_margin is not None:
+                    why += f", {stats['above_max_margin']:,} above --max-margin {max_margin:g}"
+                todo = (f"thresholds are in the file's own score scale, here {lo:g} to {hi:g}: pass --min-score, "
+                        f"--min-margin and --max-margin in that scale")
         if stats["length_dropped"]:
             why += f", {stats['length_dropped']} dropped by --length-balance"
             todo += ", or drop --length-balance"
@@ -443,11 +474,15 @@ def pairs_summary(stats):
         if stats["identical_dropped"]:
             s += f" ({stats['identical_dropped']:,} with chosen == rejected dropped)"
     else:
-        cap = stats["max_pairs_per_response"]
+        cap, order = stats["max_pairs_per_response"], {"margin": "largest margin first", "file": "in file order"}
         s = (f"{stats['pairs']:,} pairs from {stats['prompts']:,} prompts ({stats['prompts_with_pairs']:,} give pairs, "
              f"{stats['single_response_prompts']:,} have one response): of {stats['candidate_pairs']:,} response "
-             f"pairs, {stats['equal_score']:,} equal scores, {stats['below_margin']:,} below min margin "
-             f"{stats['min_margin']:g}" + (f", {stats['capped']:,} over {cap} pairs per response" if cap else ""))
+             f"pairs, " + (f"{stats['below_min_score']:,} with a response below min score {stats['min_score']:g}, "
+                           if stats["min_score"] is not None else "")
+             + f"{stats['equal_score']:,} equal scores, {stats['below_margin']:,} below min margin {stats['min_margin']:g}"
+             + (f", {stats['above_max_margin']:,} above max margin {stats['max_margin']:g}"
+                if stats["max_margin"] is not None else "")
+             + (f", {stats['capped']:,} over {cap} pairs per response ({order[stats['cap_order']]})" if cap else ""))
     if stats["length_dropped"]:
         s += f", {stats['length_dropped']:,} dropped to balance lengths"
     s += (f"\n  chosen longer in {stats['chosen_longer']:,}, shorter in {stats['chosen_shorter']:,}, "
@@ -476,6 +511,36 @@ def split_summary(train, val):
     n_prompts = lambda ps: len({prompt_key(p["prompt"]) for p in ps})  # noqa: E731
     return (f"train: {len(train):,} pairs over {n_prompts(train):,} prompts; "
             f"val: {len(val):,} pairs over {n_prompts(val):,} prompts")
+
+
+def build_split_pairs(rows, *, split_column=None, val_frac=PAIR_DEFAULTS["val_frac"], seed=0, source=None,
+                      log=print, **pair_options):
+    """(train_pairs, val_pairs) from rows, with the counts logged. split_column None or "": build_pairs over all rows,
+    then split_by_prompt(val_frac, seed). split_column (e.g. MuCE's "Set"): split_rows first, then build_pairs
+    inside each split (as the authors do), so no Test/Heldout row is in any pair and val_frac is not used; a
+    validation split without pairs is empty. pair_options: build_pairs' keyword arguments."""
+    if not split_column:
+        pairs, stats = build_pairs(rows, seed=seed, source=source, **pair_options)
+        log(pairs_summary(stats))
+        return split_by_prompt(pairs, val_frac, seed)
+    try:
+        parts, stats = splits.split_rows(rows, split_column, source or "data")
+    except ValueError as e:  # a row without the column or with another value
+        raise DataError(str(e)) from None
+    log(splits.split_rows_summary(stats))
+    if not parts["train"]:
+        raise DataError(f"{source}: no row has {split_column} = Training (nothing to train on; drop --split-column "
+                        f"to split by --val-frac instead)")
+    train, stats = build_pairs(parts["train"], seed=seed, source=source, **pair_options)
+    log("train: " + pairs_summary(stats))
+    val = []
+    if parts["validation"]:
+        try:
+            val, stats = build_pairs(parts["validation"], seed=seed, source=source, **pair_options)
+            log("validation: " + pairs_summary(stats))
+        except DataError as e:
+            log(f"validation: no pairs ({str(e).split(': ', 2)[-1]})")
+    return train, val
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -519,10 +584,11 @@ def main(argv=None):
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("file", help="JSON Lines file (.jsonl or .jsonl.gz) of rating rows (MuCE style) or preference rows")
     ap.add_argument("--min-margin", type=float, default=PAIR_DEFAULTS["min_margin"],
-                    help="smallest score difference that makes a pair")
+                    help="smallest score difference that makes a pair (the file's own score scale)")
     ap.add_argument("--max-pairs-per-response", type=int, default=PAIR_DEFAULTS["max_pairs_per_response"],
                     help="cap on pairs any one response joins (0 = no cap)")
     ap.add_argument("--length-balance", action="store_true", help="as many pairs with the chosen longer as shorter")
+    splits.add_pair_rule_flags(ap)
     ap.add_argument("--val-frac", type=float, default=PAIR_DEFAULTS["val_frac"],
                     help="fraction of prompts held out for validation")
     ap.add_argument("--show", type=int, default=0, help="print the first N training pairs")
@@ -539,13 +605,11 @@ def main(argv=None):
         ap.error(message)  # exits at the first
     try:
         columns = list(registry.DIMENSIONS)  # precomputed score columns to check
-        rows, report = read_rows(args.file, skip_bad_rows=args.skip_bad_rows, score_columns=columns)
+        rows, report = read_rows(args.file, skip_bad_rows=args.skip_bad_rows, score_columns=columns,
+                                 split_column=args.split_column)
         print(report.summary())
-        pairs, stats = build_pairs(rows, min_margin=args.min_margin, max_pairs_per_response=args.max_pairs_per_response or None,
-                                   length_balance=args.length_balance, seed=args.seed, source=args.file,
-                                   score_columns=columns)
-        print(pairs_summary(stats))
-        train, val = split_by_prompt(pairs, args.val_frac, args.seed)
+        train, val = build_split_pairs(rows, split_column=args.split_column, val_frac=args.val_frac, seed=args.seed,
+                                       source=args.file, **splits.pair_options(args, columns))
         print(split_summary(train, val))
         for i, p in enumerate(train[:args.show]):
             print(f"pair {i + 1}: {p['prompt'][:70]!r}\n  chosen   ({p.get('score_chosen')}): {p['chosen'][:100]!r}"

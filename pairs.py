@@ -1,8 +1,16 @@
-"""The pairs a run trains on: rating rows -> pairs (or SFT examples) -> prompt-disjoint splits -> seeded
-samples -> creativity scores (computed by score.py where the data lacks them) -> token ids and score tensors.
+"""The pairs a run trains on: rating rows -> pairs (or SFT examples) -> splits (prompt-disjoint, or MuCE's `Set`
+column) -> seeded samples -> creativity scores (computed by score.py where the data lacks them) -> token ids and
+score tensors.
 
-crpo.py calls load_pairs, ensure_scores and tokenize_splits in that order; a Split hands out batches.
-Problems with the data raise data.DataError with the file, the line or the flag, and what to do.
+crpo.py calls add_flags (the pair-rule and score-population flags), then load_pairs, ensure_scores and
+tokenize_splits in that order; a Split hands out batches. Problems with the data raise data.DataError with the
+file, the line or the flag, and what to do.
+
+Score population (--score-population): the responses each prompt's scores are computed and min-max normalised
+over. "chosen" (the default with --weight-on chosen): the responses that are chosen in that prompt's pairs, as
+the paper ("relative to the set of preferred responses") and the authors' src/crpo/extend_crpo_data.py (without
+--include-rejected); only s_k(y_w) is computed. "all": chosen and rejected responses of the prompt's pairs (their
+--include-rejected), needed by --weight-on margin (its default there).
 """
 import os
 import random
@@ -14,10 +22,26 @@ import torch.distributed as dist
 import data
 import registry
 import score
+import splits
 from conversation import prompt_key
 from tokenizer import tokenize_pairs, tokens_summary
 
 
+def add_flags(p):
+    """crpo.py's flags for the authors' pair rules and split (splits.py) and the score population."""
+    splits.add_pair_rule_flags(p)
+    p.add_argument("--score-population", choices=("chosen", "all"), default=None, help="responses each prompt's "
+                   "scores are computed and normalised over: those chosen in its pairs (the paper's and the authors'), "
+                   "or chosen and rejected (default: chosen; all with --weight-on margin, which needs both)")
+
+
+def score_population(args):
+    """"chosen" or "all" (see the module docstring); --weight-on margin needs the rejected responses' scores."""
+    population = args.score_population or ("all" if args.weight_on == "margin" else "chosen")
+    if population == "chosen" and args.weight_on == "margin":
+        raise data.DataError("--weight-on margin needs scores of the rejected responses, and --score-population "
+                             "chosen scores only the chosen ones: use --score-population all, or --weight-on chosen")
+    return population
 
 
 def subsample(pairs, limit, seed, what, flag, log=print):
@@ -52,28 +76,51 @@ def sft_examples(rows, args):
             for r in keep]
 
 
+def split_sft(rows, args, log):
+    """(train, val) SFT examples, the rows split by --split-column first (Training / Validation; the rest never)."""
+    try:
+        parts, stats = splits.split_rows(rows, args.split_column, args.data)
+    except ValueError as e:
+        raise data.DataError(str(e)) from None
+    log(splits.split_rows_summary(stats))
+    if not parts["train"]:
+        raise data.DataError(f"{args.data}: no row has {args.split_column} = Training (nothing to train on)")
+    val = []
+    try:
+        val = sft_examples(parts["validation"], args) if parts["validation"] else []
+    except data.DataError as e:
+        log(f"validation: no SFT examples ({e})")
+    train = sft_examples(parts["train"], args)
+    log(f"sft: {len(train):,} responses to train, {len(val):,} to validate")
+    return train, val
+
+
 def load_pairs(args, log):
-    """(train, val, population) from --data: pairs (SFT: examples) split by prompt and optionally subsampled, and
-    {prompt_key: every response to that prompt in the file}, what a scorer that compares with others (originality) compares with."""
+    """(train, val, population) from --data: pairs (SFT: examples) split by prompt (or --split-column) and optionally
+    subsampled, and {prompt_key: every response to that prompt in the file}, what a scorer that compares with others
+    (originality) compares with."""
     if not os.path.isfile(args.data):
         raise data.DataError(f"{args.data}: no such file (pass --data with a JSON Lines file)")
-    rows, report = data.read_rows(args.data, skip_bad_rows=args.skip_bad_rows, score_columns=list(registry.DIMENSIONS))
+    rows, report = data.read_rows(args.data, skip_bad_rows=args.skip_bad_rows, score_columns=list(registry.DIMENSIONS),
+                                  split_column=args.split_column)
     log(report.summary())
     population = {}
     for r in rows:
         population.setdefault(prompt_key(r["prompt"]), {}).update(dict.fromkeys(
             [r["response"]] if r["kind"] == "rating" else [r["chosen"], r["rejected"]]))
     population = {p: list(rs) for p, rs in population.items()}
-    if args.objective == "sft":
+    if args.objective == "sft" and args.split_column:
+        train_pairs, val_pairs = split_sft(rows, args, log)
+        pairs = train_pairs + val_pairs
+    elif args.objective == "sft":
         pairs = sft_examples(rows, args)
         log(f"sft: {len(pairs):,} responses over {len({prompt_key(p['prompt']) for p in pairs}):,} prompts")
+        train_pairs, val_pairs = data.split_by_prompt(pairs, args.val_frac, args.seed)
     else:
-        pairs, pair_stats = data.build_pairs(rows, min_margin=args.min_margin,
-                                             max_pairs_per_response=args.max_pairs_per_response or None,
-                                             length_balance=args.length_balance, seed=args.seed, source=args.data,
-                                             score_columns=list(registry.DIMENSIONS))
-        log(data.pairs_summary(pair_stats))
-    train_pairs, val_pairs = data.split_by_prompt(pairs, args.val_frac, args.seed)
+        train_pairs, val_pairs = data.build_split_pairs(rows, split_column=args.split_column, val_frac=args.val_frac,
+                                                        seed=args.seed, source=args.data, log=log,
+                                                        **splits.pair_options(args, list(registry.DIMENSIONS)))
+        pairs = train_pairs + val_pairs
     log(data.split_summary(train_pairs, val_pairs))
     if not train_pairs:
         raise data.DataError(f"{args.data}: all {len(pairs):,} pairs are in validation prompts (--val-frac {args.val_frac} "
@@ -85,22 +132,38 @@ def load_pairs(args, log):
     return train_pairs, val_pairs, population
 
 
+def score_sides(args):
+    """The sides whose scores the weight reads: s_k(y_w) only with --weight-on chosen, both with margin."""
+    return ("chosen",) if args.weight_on == "chosen" else ("chosen", "rejected")
+
+
 def ensure_scores(pairs, lambdas, args, score_model, tokenizer, rank, world, encoder=None, population=None):
-    """Creativity scores for every dimension with lambda > 0: from the pairs' own columns
-    ('novelty_chosen', 'novelty_rejected', ...) or, for dimensions they lack, from score.py."""
-    missing = [k for k, lam in lambdas.items() if lam > 0
-               and any(f"{k}_chosen" not in p or f"{k}_rejected" not in p for p in pairs)]
+    """Creativity scores for every dimension with lambda > 0 on the sides the weight reads (score_sides): from
+    the pairs' own columns ('novelty_chosen', 'novelty_rejected', ...) or, for dimensions they lack, from score.py
+    over --score-population. A file with only '*_chosen' columns trains with --weight-on chosen; with margin it
+    stops, naming the missing '*_rejected' columns."""
+    active = [k for k, lam in lambdas.items() if lam > 0]
+    has = lambda k, side: all(f"{k}_{side}" in p for p in pairs)  # noqa: E731
+    if args.weight_on == "margin" and any(has(k, "chosen") and not has(k, "rejected") for k in active):
+        given = [k for k in active if has(k, "chosen") and not has(k, "rejected")]
+        raise data.DataError(f"{args.data}: --weight-on margin needs {', '.join(f'{k}_rejected' for k in given)}, "
+                             f"and the file has only {', '.join(f'{k}_chosen' for k in given)} (as the authors' pair "
+                             f"files): train with --weight-on chosen (the paper's equation, what their scripts trained "
+                             f"with), or add the *_rejected columns (score.py)")
+    missing = [k for k in active if not all(has(k, side) for side in score_sides(args))]
     if not missing:
         return
-    keys = [f"{k}_{side}" for k in missing for side in ("chosen", "rejected")]
+    sides = ("chosen",) if score_population(args) == "chosen" else ("chosen", "rejected")
+    keys = [f"{k}_{side}" for k in missing for side in sides]
     error = None
     if rank == 0:
         try:
             options = {k: v for k, v in score.scorer_options(args, prefix="score-").items()
                        if k in missing or k == "relevance"}  # relevance: what --score-gate uses
             reference = score.read_reference(args.score_reference) if args.score_reference else None
-            print(f"scoring {len(pairs):,} pairs for {', '.join(missing)} with score.py ...")
-            score.score_pairs(pairs, missing, model=score_model, tokenizer=tokenizer, encoder=encoder,
+            print(f"scoring {len(pairs):,} pairs for {', '.join(missing)} with score.py, over the {' and '.join(sides)} "
+                  f"responses of each prompt's pairs (--score-population) ...")
+            score.score_pairs(pairs, missing, sides=sides, model=score_model, tokenizer=tokenizer, encoder=encoder,
                               cache_dir=args.score_cache, reference=reference, population=population, source=args.data,
                               normalize=args.score_normalize, gate=getattr(args, "score_gate", None), **options)
         except (data.DataError, ValueError) as e:  # ValueError: a bad option, e.g. --score-quality
@@ -118,11 +181,11 @@ def ensure_scores(pairs, lambdas, args, score_model, tokenizer, rank, world, enc
         raise error
 
 
-def score_tensors(pairs, lambdas, path):
-    """{"chosen": {dim: Tensor[n]}, "rejected": {...}} for the dimensions with lambda > 0."""
+def score_tensors(pairs, lambdas, path, sides=("chosen", "rejected")):
+    """{"chosen": {dim: Tensor[n]}, "rejected": {...}} for the dimensions with lambda > 0, on the given sides."""
     out = {"chosen": {}, "rejected": {}}
     for k in (k for k, lam in lambdas.items() if lam > 0):
-        for side in ("chosen", "rejected"):
+        for side in sides:
             values = torch.tensor([float(p[f"{k}_{side}"]) for p in pairs], dtype=torch.float32)
             bad = (~torch.isfinite(values)).nonzero()
             if len(bad):
@@ -162,7 +225,7 @@ def tokenize_splits(train_pairs, val_pairs, tokenizer, lambdas, args, log):
             for it in items:
                 del it["rejected_ids"], it["rejected_start"]
         kept = [ps[it["index"]] for it in items]
-        splits[name] = Split(kept, items, score_tensors(kept, lambdas, args.data))
+        splits[name] = Split(kept, items, score_tensors(kept, lambdas, args.data, score_sides(args)))
         log(f"{name}: {len({prompt_key(p['prompt']) for p in kept}):,} prompts; "
             + (tokens_summary(tok_stats) if tok_stats else "no pairs"))
         if name == "train" and not items:

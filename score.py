@@ -12,6 +12,8 @@ sentence embedding and d(u, v) = 1 - cos(u, v) (the math lives in measures.py).
                  = the same, with a response of < 2 distinct words at the group's median (--novelty dsi-neutral)
                  = d(e(r), mean_{r' != r} e(r'))                           (--novelty centroid)
     surprise(r)  = exp(-(1/|r|) sum_t log p(r_t | prompt, r_<t)) under the reference LM   (--surprise lm)
+                 = exp(mean NLL of every token of [BOS] + chat(prompt, r)), template included, under the LM at
+                   PATH or the embedded default: the authors' surprise                (--surprise chat [PATH])
                  = -(1/|r|) sum_t log p(r_t | prompt, r_<t), mean token NLL            (--surprise nll)
                  = d(e(prompt), e(r))                                      (--surprise embedding)
     quality(r)   = p(Yes) / (p(Yes) + p(No)) of an instruct LM asked whether r is a sensible answer
@@ -258,6 +260,48 @@ def lm_surprise_scorer(groups, ctx):
                             lambda p, rs: perplexity(model, tokenizer, p, rs, ctx.batch_size, ctx.stats))
 
 
+def conversation_ids(tokenizer, prompt, response):
+    """The token ids the authors' surprise reads: [BOS] + the chat-formatted [user, assistant] conversation, template
+    tokens included (src/crpo/metrics.py compute_perplexity: apply_chat_template, then a BOS prepended). ChatML
+    templates end every turn with "<|im_end|>\n"; tokenizer.chat stops at the end-of-turn token, so the newline is
+    added here. A tokenizer without a BOS token gets none."""
+    ids = tokenizer.chat(prompt, response)[0]
+    if getattr(tokenizer, "chat_format", None) == "chatml":
+        ids = ids + tokenizer.encode("\n")
+    bos = getattr(tokenizer, "bos_id", None)
+    return ([bos] if bos is not None else []) + ids
+
+
+def conversation_perplexity(model, tokenizer, prompt, responses, batch_size=16, stats=None):
+    """ppl(c) = exp(-(1/(|c| - 1)) sum_{t=1}^{|c|-1} log p(c_t | c_<t)), c = conversation_ids(x, r): every token
+    after the first counts, prompt and template included (the authors' surprise). Yields (indices, perplexities)."""
+    seqs = [conversation_ids(tokenizer, prompt, r) for r in responses]
+    for idx, hidden, _ in shared_prefix_hidden(model, seqs, batch_size, stats):
+        ids, _, counted = data.pad_batch([seqs[i] for i in idx], tokenizer.pad_id, [1] * len(idx))
+        ids, counted = ids.to(hidden.device), counted.to(hidden.device)
+        with torch.inference_mode():
+            logps, n_tokens = response_logps(hidden, model.lm_head.weight, ids, counted)
+        yield idx, torch.exp(-logps.double() / n_tokens.clamp(min=1).double()).cpu().numpy()
+
+
+@functools.lru_cache(maxsize=2)
+def _surprise_lm(path, device):
+    return checkpoint.load(path, device=device)
+
+
+@scorer("surprise", "chat", arg="[PATH]")
+def chat_surprise_scorer(groups, ctx):
+    """The authors' surprise: perplexity of the whole chat-formatted conversation (conversation_perplexity) under
+    the LM at PATH (they used google/gemma-2-27b-it); without PATH the embedded default SmolLM2-135M-Instruct."""
+    if ctx.arg is None and ctx.model is None:
+        model, tokenizer = ctx.lm()  # loads the embedded default
+    else:
+        device = str(next(ctx.model.parameters()).device) if ctx.model is not None else "cpu"
+        model, tokenizer = _surprise_lm(ctx.arg, device)
+    return ctx.per_response(groups, f"surprise-chat|{ctx.lm_name(model, tokenizer)}", "surprise (chat)",
+                            lambda p, rs: conversation_perplexity(model, tokenizer, p, rs, ctx.batch_size, ctx.stats))
+
+
 @scorer("surprise", "nll")
 def nll_surprise_scorer(groups, ctx):
     """Mean token NLL = log perplexity: the same ranking, without perplexity's long right tail."""
@@ -469,11 +513,12 @@ def score_rows(rows, dims=None, *, source=None, **kw):
     return _score_items([(r["prompt"], r["response"], r, "") for r in rows], dims, source, kw)
 
 
-def score_pairs(pairs, dims=None, *, source=None, **kw):
-    """Pairs {"prompt", "chosen", "rejected", ...}: the group is the unique responses in that prompt's
-    pairs; adds pair["<dim>_chosen"], pair["<dim>_rejected"] in place. quality "field NAME" reads
+def score_pairs(pairs, dims=None, *, source=None, sides=("chosen", "rejected"), **kw):
+    """Pairs {"prompt", "chosen", "rejected", ...}: the group is the unique responses on `sides` of that prompt's
+    pairs; adds pair["<dim>_<side>"] in place for each side. sides=("chosen",): the paper's and the authors'
+    population, the set of preferred responses (no "_rejected" scores). quality "field NAME" reads
     pair["NAME_chosen"] / pair["NAME_rejected"] (NAME = "score": the human ratings). kw: as score_groups. -> stats."""
-    items = [(p["prompt"], p[side], p, f"_{side}") for p in pairs for side in ("chosen", "rejected")]
+    items = [(p["prompt"], p[side], p, f"_{side}") for p in pairs for side in sides]
     return _score_items(items, dims, source, kw)
 
 

@@ -10,8 +10,8 @@ From the shipped human ratings (data/dt_ratings.jsonl.gz; 44 prompts, four tasks
    held-out prompts' human responses: novelty's reference and the preference-accuracy pairs of eval.py).
 2. The originality scorer, fitted once on the training prompts only: python score.py fit --data scorer_train.jsonl.
 3. Per seed s: SFT on the training responses rated >= --sft-min-score (crpo.py --objective sft), then from that SFT
-   model, with the same pairs, budget and seed, the arms (every --lambda-* passed; --weight-on margin, as the
-   authors' code weights pairs):
+   model, with the same pairs, budget and seed, the arms (every --lambda-* passed; --weight-on margin: their weight
+   function's clipped margin, not what their runs trained with, lambda * s(y_w); see README The method):
        dpo        all lambdas 0 (plain DPO)
        crpo_nds   novelty = diversity = surprise = 1 (the paper's combined model)
        crpo_orig  originality = 1 (the scorer of step 2)

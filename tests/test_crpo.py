@@ -591,13 +591,14 @@ def test_a_registered_toy_dimension_trains_through_main(tiny, tmp_path, monkeypa
                           "--lambda-novelty", "0", "--lambda-diversity", "0", "--lambda-surprise", "0",
                           "--lambda-toy", "2", "--score-cache", str(tmp_path / "cache"))) == 0
     # one step over every training pair: mean c = 2 * mean over pairs of the chosen's min-max normalised length,
-    # the group being the unique responses in that prompt's pairs (training and validation pairs are scored together)
+    # the group being the unique chosen responses in that prompt's pairs (the default --score-population chosen;
+    # training and validation pairs are scored together; all lengths equal: 0.5)
     train, val = train_pairs_of(plain)
     groups = {}
     for p in train + val:
-        for side in ("chosen", "rejected"):
-            groups.setdefault(p["prompt"], set()).add(p[side])
-    norm = lambda p, r: (len(r) - min(map(len, groups[p]))) / (max(map(len, groups[p])) - min(map(len, groups[p])))  # noqa: E731
+        groups.setdefault(p["prompt"], set()).add(p["chosen"])
+    lo, hi = (lambda p: min(map(len, groups[p]))), (lambda p: max(map(len, groups[p])))  # noqa: E731
+    norm = lambda p, r: (len(r) - lo(p)) / (hi(p) - lo(p)) if hi(p) > lo(p) else 0.5  # noqa: E731
     want = 2 * sum(norm(p["prompt"], p["chosen"]) for p in train) / len(train)
     assert read_metrics(str(out))[0]["mean_c"] == pytest.approx(want, rel=1e-6)
 
@@ -795,3 +796,59 @@ def test_lora_stage_from_an_adapter_of_the_embedded_gguf(tmp_path, capsys):
                               "q_proj")
     assert trainable == 30 * (576 * 2 + 2 * 576)
     assert row["rewards_chosen"] == 0.0 and row["rewards_rejected"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# the authors' pipeline: their pair files, their presets
+
+MUCE_STYLE = os.path.join(ROOT, "tests", "data", "muce_style.jsonl")
+
+
+def test_their_pair_file_trains_with_the_chosen_weight_through_main(tiny, tmp_path, capsys):
+    import test_pairs  # their layout, written there
+    path = test_pairs.write_theirs(tmp_path / "theirs.jsonl")
+    out = tmp_path / "out"
+    assert crpo.main(argv(path, tiny, out, "--val-frac", "0", "--batch-size", "5", "--grad-accum", "1",
+                          "--max-steps", "1", "--lambda-surprise", "2")) == 0
+    hand = [nov + div + 2 * sur for _, _, _, nov, div, sur, _, _ in test_pairs.THEIRS]  # lambda_k * s_k(y_w), add
+    assert read_metrics(str(out))[0]["mean_c"] == pytest.approx(np.mean(hand), rel=1e-6)
+    capsys.readouterr()
+    assert crpo.main(argv(path, tiny, tmp_path / "m", "--val-frac", "0", "--max-steps", "1", "--weight-on",
+                          "margin")) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs novelty_rejected, diversity_rejected, surprise_rejected" in err
+
+
+def test_presets_set_their_values_explicit_flags_win_and_the_rest_is_printed(capsys):
+    args = crpo.parse_args(["--data", "x.jsonl", "--preset", "authors", "--lr", "1e-4", "--max-steps", "2"])
+    want = dict(objective="crpo", lora_rank=128, lora_alpha=256.0, lora_dropout=0.05, lora_targets="q_proj,v_proj",
+                warmup_steps=0, batch_size=8, grad_accum=8, max_len=1024, beta=0.1, weight_on="chosen", strategy="add",
+                score_population="chosen", score_surprise=["chat"], min_score=20.0, min_margin=5.0,
+                max_pairs_per_response=10, cap_order="file", split_column="Set", grad_checkpointing=True)
+    assert {k: getattr(args, k) for k in want} == want and args.lr == 1e-4 and args.max_steps == 2
+    out = capsys.readouterr().out
+    assert "--lr 0.0001 (yours; the preset's 5e-06" in out and "--epochs 1: not used, --max-steps 2 given" in out
+    assert "not reproduced (crpo cannot):" in out and "max_prompt_length 512" in out
+    sft = crpo.parse_args(["--data", "x.jsonl", "--preset", "authors-sft"])
+    assert (sft.objective, sft.lr, sft.batch_size, sft.grad_accum, sft.sft_min_score, sft.lora_rank) == \
+        ("sft", 3e-5, 2, 4, 30.0, 128)
+    out = capsys.readouterr().out
+    assert "cosine" in out and "warmup_ratio 0.5" in out and "lora_modules_to_save" in out
+    assert crpo.parse_args(["--data", "x.jsonl"]).lora_rank == 0 and capsys.readouterr().out == ""  # no preset: none
+    with pytest.raises(SystemExit):
+        crpo.parse_args(["--help"])
+    assert "authors = --objective crpo --lora-rank 128" in " ".join(capsys.readouterr().out.split())
+
+
+def test_authors_preset_runs_on_a_muce_style_file_and_names_the_scale_on_another(tiny, tmp_path, capsys):
+    fast = ["--model", tiny, "--max-steps", "1", "--max-len", "96", "--batch-size", "4", "--grad-accum", "1",
+            "--lambda-novelty", "0", "--lambda-diversity", "0", "--lambda-surprise", "0", "--device", "cpu"]
+    assert crpo.main(["--data", MUCE_STYLE, "--preset", "authors", "--out", str(tmp_path / "a"), *fast]) == 0
+    out = capsys.readouterr().out
+    assert "--preset authors:" in out and "--lora-rank 128  (lora_r)" in out
+    assert "train: 15 pairs from 2 prompts" in out and "8 never trained" in out
+    ones = tmp_path / "ratings_1_to_5.jsonl"
+    write_ratings(ones, creativity=False)
+    assert crpo.main(["--data", str(ones), "--preset", "authors", "--split-column", "", "--out", str(tmp_path / "b"),
+                      *fast]) == 1
+    assert "thresholds are in the file's own score scale, here 1 to 4.3" in capsys.readouterr().err

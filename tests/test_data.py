@@ -657,3 +657,104 @@ def test_gzip_file_reads_like_the_plain_file(tmp_path):
     broken.write_bytes(gzip.compress(b"{}\n")[:12])
     with pytest.raises(data.DataError, match="not a readable gzip file"):
         data.read_rows(str(broken))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the authors' pair rules (min score, max margin, file-order cap) and MuCE's split column
+
+MUCE_STYLE = os.path.join(ROOT, "tests", "data", "muce_style.jsonl")  # 21 rows, 7 prompts, every Set value
+
+
+def authors_pairs(groups, min_score, min_margin, max_margin, cap):
+    """Their prepare_preference_data, restated: for i < j in file order skip a pair when either score < min_score,
+    the gap < min_margin or > max_margin, or either response already joined `cap` pairs; higher score chosen.
+    (Equal scores: they would pair them with min_margin 0; crpo never does, so these groups use min_margin > 0.)"""
+    out = []
+    for prompt, responses in groups:
+        joined = [0] * len(responses)
+        for i, j in itertools.combinations(range(len(responses)), 2):
+            (ri, si), (rj, sj) = responses[i], responses[j]
+            if min(si, sj) < min_score or abs(si - sj) < min_margin or (max_margin is not None and abs(si - sj) > max_margin):
+                continue
+            if joined[i] + 1 > cap or joined[j] + 1 > cap:
+                continue
+            joined[i] += 1
+            joined[j] += 1
+            out.append((prompt, ri, rj) if si > sj else (prompt, rj, ri))
+    return out
+
+
+@pytest.mark.parametrize("min_score,min_margin,max_margin,cap", [(20, 5, None, 10), (20, 5, None, 2), (30, 10, 40, 3),
+                                                                 (0, 1, 15, 1)])
+def test_file_order_rules_match_the_authors_loop(min_score, min_margin, max_margin, cap):
+    rng = random.Random(11)
+    groups = [(f"p{g}", [(f"g{g}r{i}", float(rng.randrange(0, 100))) for i in range(rng.randint(1, 16))])
+              for g in range(10)]
+    pairs, stats = data.build_pairs(rows_of(*groups), min_margin=min_margin, max_pairs_per_response=cap,
+                                    min_score=min_score, max_margin=max_margin, cap_order="file")
+    assert sorted(pair_tuples(pairs)) == sorted(authors_pairs(groups, min_score, min_margin, max_margin, cap))
+    assert stats["candidate_pairs"] == (stats["below_min_score"] + stats["equal_score"] + stats["below_margin"]
+                                        + stats["above_max_margin"] + stats["capped"] + stats["pairs"])
+    low = {r for _, rs in groups for r, s in rs if s < min_score}
+    assert stats["below_min_score"] == sum(sum(1 for a, b in itertools.combinations(rs, 2) if a[0] in low or b[0] in low)
+                                           for _, rs in groups)
+
+
+def test_min_score_and_max_margin_by_hand():
+    rows = rows_of(("p", [("a", 40.0), ("b", 22.0), ("c", 10.0), ("d", 30.0)]))
+    pairs, stats = data.build_pairs(rows, min_margin=5, min_score=20, max_margin=15)
+    # c (10) is below 20: a-c, b-c, c-d out; a-b gap 18 > 15 out; a-d 10 and d-b 8 stay
+    assert pair_tuples(pairs) == [("p", "a", "d"), ("p", "d", "b")]
+    assert (stats["below_min_score"], stats["above_max_margin"], stats["below_margin"]) == (3, 1, 0)
+    with pytest.raises(data.DataError, match=r"below --min-score 50.*own score scale, here 10 to 40"):
+        data.build_pairs(rows, min_score=50)
+
+
+MUCE_FLAGS = ["--split-column", "Set", "--min-score", "20", "--min-margin", "5", "--max-pairs-per-response", "2"]
+
+
+@pytest.mark.parametrize("extra,train_line,val_line,counts", [
+    # prompt A (Training): a4 (10) is below 20 -> 5 of its 15 pairs; a5-a6 gap 2 < 5; of 9 left, file order with
+    # cap 2 keeps a1-a2, a1-a3, a2-a3 and caps 6; prompt B: keeps b1-b2, b1-b3, b2-b3 and caps 3
+    (["--cap-order", "file"], "train: 6 pairs from 2 prompts", "validation: 3 pairs from 1 prompts",
+     "of 21 response pairs, 5 with a response below min score 20, 0 equal scores, 1 below min margin 5, "
+     "9 over 2 pairs per response (in file order)"),
+    # largest margin first: A keeps a1-a2 18, a2-a3 13, a1-a6 12, a3-a6 7 (caps 5); B keeps 39, 29, 16, 6 (caps 2)
+    ([], "train: 8 pairs from 2 prompts", "validation: 3 pairs from 1 prompts",
+     "5 with a response below min score 20, 0 equal scores, 1 below min margin 5, 7 over 2 pairs per response "
+     "(largest margin first)"),
+    # max margin 15 drops a1-a2 (18) and b's 29, 39, 23, 16; C's c2-c3 (20)
+    (["--cap-order", "file", "--max-margin", "15"], "train: 6 pairs from 2 prompts", "validation: 2 pairs from 1",
+     "1 below min margin 5, 5 above max margin 15, 4 over 2 pairs per response (in file order)"),
+])
+def test_cli_muce_split_and_rules_count_by_hand(capsys, extra, train_line, val_line, counts):
+    assert data.main([MUCE_STYLE, *MUCE_FLAGS, *extra]) == 0
+    out = capsys.readouterr().out
+    assert ("split by column Set: 10 rows to train, 3 to validation, 8 never trained (HeldoutItem 2, "
+            "HeldoutLanguage 2, HeldoutTask 1, Test 3)") in out
+    assert train_line in out and val_line in out and counts in out
+
+
+@pytest.mark.parametrize("order", ["file", "margin"])
+def test_no_held_out_row_is_ever_in_a_training_pair(order):
+    rows, _ = data.read_rows(MUCE_STYLE, split_column="Set")
+    train, val = data.build_split_pairs(rows, split_column="Set", min_margin=1, cap_order=order, log=lambda s: None)
+    sets = {r["response"]: r["Set"] for r in rows}
+    assert train and val
+    assert {sets[p[side]] for p in train for side in ("chosen", "rejected")} == {"Training"}
+    assert {sets[p[side]] for p in val for side in ("chosen", "rejected")} == {"Validation"}
+
+
+def test_split_column_errors_and_merging(tmp_path):
+    row = lambda r, s, split: {**rating("p", r, s), "Set": split}  # noqa: E731
+    bad = write(tmp_path, [row("a", 1.0, "Training"), row("b", 2.0, "Holdout")])
+    rows, _ = data.read_rows(bad)
+    with pytest.raises(data.DataError, match=rf"^{bad}:2: Set is \"Holdout\" \(--split-column Set takes Training"):
+        data.build_split_pairs(rows, split_column="Set", source=bad, log=lambda s: None)
+    with pytest.raises(data.DataError, match=rf"^{bad}:1: has no field 'Split'"):
+        data.build_split_pairs(rows, split_column="Split", source=bad, log=lambda s: None)
+    # the same (prompt, response) in Training and Test stays two rows: a Test row never merges into training
+    dup = write(tmp_path, [row("a", 1.0, "Training"), row("a", 5.0, "Test"), row("b", 3.0, "Training")], name="dup.jsonl")
+    rows, report = data.read_rows(dup, split_column="Set")
+    assert report.duplicates_merged == 0 and [r["score"] for r in rows] == [1.0, 5.0, 3.0]
+    assert data.read_rows(dup)[1].duplicates_merged == 1

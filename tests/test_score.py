@@ -627,3 +627,63 @@ def test_shipped_relevance_model_loads():
     model, card = relevance.load(relevance.default_path())
     assert len(card["training_prompts"]) == 44 and card["cv"]["overall"]["auc_other_prompt"]["mean"] > 0.85
     assert len(model["beta"]) == len(relevance.NAMES)
+
+
+# ----------------------------------------------------------------------------- the authors' surprise and population
+
+
+def test_chat_surprise_counts_every_token_after_the_first(tmp_path, monkeypatch):
+    m, tok = tiny_model(), ByteTokenizer()  # no BOS, no ChatML: the conversation is tok.chat(prompt, response)
+    monkeypatch.setattr(score, "_surprise_lm", lambda path, device: (m, tok))  # "PATH" -> this model
+    groups = groups_of([("Name a use for a brick.", ["spoon rest", "sp", "a doorstop for windy days"]), ("q", ["x"])])
+    results, _ = score.score_groups(groups, ["surprise"], model=tiny_model(seed=1), tokenizer=tok, cache_dir=tmp_path,
+                                    batch_size=2, show_progress=False, surprise="chat PATH")
+    for g, res in zip(groups, results):
+        want = []
+        for r in g["responses"]:
+            ids = tok.chat(g["prompt"], r)[0]
+            with torch.no_grad():
+                logp = torch.log_softmax(m(torch.tensor([ids]))[0].double(), dim=-1)
+            want.append(math.exp(-sum(logp[t - 1, ids[t]].item() for t in range(1, len(ids))) / (len(ids) - 1)))
+        np.testing.assert_allclose(res["surprise_raw"], want, rtol=2e-5)
+    # the prompt's tokens count too: not the response-only perplexity of --surprise lm
+    lm = [reference_perplexity(m, tok, groups[0]["prompt"], r) for r in groups[0]["responses"]]
+    assert not np.allclose(results[0]["surprise_raw"], lm, rtol=1e-3)
+
+
+def test_chat_surprise_is_the_authors_formula_under_transformers(default, hf_default):
+    """Their compute_perplexity: apply_chat_template([user, assistant]) as text, tokenized without special tokens,
+    a BOS prepended, exp of the mean cross-entropy of every token after the first."""
+    (ours, tok), (hf, hf_tok) = default, hf_default
+    prompt, responses = "Come up with an original and creative use for the following object: brick.", \
+        ["A doorstop.", "Grind it into red pigment for a mural of the kiln that made it."]
+    got = np.concatenate([v for _, v in score.conversation_perplexity(ours, tok, prompt, responses)])
+    for r, ppl in zip(responses, got):
+        text = hf_tok.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": r}],
+                                          tokenize=False)
+        ids = [hf_tok.bos_token_id] + hf_tok(text, add_special_tokens=False)["input_ids"]
+        assert score.conversation_ids(tok, prompt, r) == ids  # template tokens, trailing newline and BOS included
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            want = math.exp(torch.nn.functional.cross_entropy(hf(input_ids=x).logits[0, :-1].double(), x[0, 1:]).item())
+        assert abs(ppl - want) / want < 0.03, (ppl, want)  # Q4_1 dequantized by each side: as test_checkpoint's
+
+
+def test_score_pairs_chosen_population(tmp_path):
+    """sides=("chosen",): each prompt's group is its chosen responses only; a response that is only ever rejected
+    changes no chosen response's score, and min-max runs over the chosen set."""
+    enc = FakeEncoder(dim=8)
+    pairs = [{"prompt": "p", "chosen": "a b", "rejected": "c"}, {"prompt": "p", "chosen": "d e f", "rejected": "c"},
+             {"prompt": "p", "chosen": "g", "rejected": "a b"}, {"prompt": "q", "chosen": "x", "rejected": "y"}]
+    score.score_pairs(pairs, ["diversity", "novelty"], encoder=enc, cache_dir=tmp_path, sides=("chosen",),
+                      show_progress=False)
+    other = [dict(p, rejected="zz " + p["rejected"]) for p in pairs]  # different rejected texts, same chosen
+    score.score_pairs(other, ["diversity", "novelty"], encoder=enc, cache_dir=tmp_path, sides=("chosen",),
+                      show_progress=False)
+    assert [p["diversity_chosen"] for p in pairs] == [p["diversity_chosen"] for p in other]
+    assert not any(k.endswith("_rejected") for p in pairs for k in p if k != "rejected")
+    chosen = ["a b", "d e f", "g"]  # by hand: mean 1 - cos to the other chosen ones, min-max over these three
+    raw = np.array([np.mean([one_minus_cos(enc.vector(a), enc.vector(b)) for b in chosen if b != a]) for a in chosen])
+    want = (raw - raw.min()) / (raw.max() - raw.min())
+    np.testing.assert_allclose([p["diversity_chosen"] for p in pairs[:3]], want, atol=1e-6)
+    assert pairs[3]["diversity_chosen"] == 0.5  # one chosen response: the group's scores are all equal

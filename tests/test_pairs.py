@@ -1,0 +1,135 @@
+"""pairs.py: the authors' pair files (chosen-only scores) train as they are, the score population, MuCE's split
+column through crpo's flags (SFT included)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import crpo
+import data
+import pairs
+import registry
+from conftest import ROOT
+from fakes import ByteTokenizer
+
+MUCE_STYLE = os.path.join(ROOT, "tests", "data", "muce_style.jsonl")
+quiet = lambda *a, **k: None  # noqa: E731
+
+
+def conversation(prompt, answer):
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+# their layout (src/crpo/data.py convert_to_trl_pref_dataset + extend_crpo_data.py without --include-rejected):
+# prompt only inside the messages, score_* the human ratings, creativity scores for the chosen side only
+THEIRS = [  # prompt, chosen, rejected, novelty, diversity, surprise (chosen), score_chosen, score_rejected
+    ("Use for a brick?", "a doorstop", "a wall", 0.2, 0.9, 0.4, 40.0, 22.0),
+    ("Use for a brick?", "pigment for a mural", "a wall", 1.0, 0.0, 0.7, 35.0, 22.0),
+    ("Use for a brick?", "pigment for a mural", "a bookend", 1.0, 0.0, 0.7, 35.0, 28.0),
+    ("Finish: The door opened and", "the ocean came in", "someone came in", 0.5, 1.0, 0.1, 45.0, 25.0),
+    ("Finish: The door opened and", "a cat with a map", "someone came in", 0.0, 0.5, 1.0, 30.0, 25.0),
+]
+
+
+def write_theirs(path):
+    with open(path, "w") as f:
+        for p, c, r, nov, div, sur, sc, sr in THEIRS:
+            f.write(json.dumps({"chosen": conversation(p, c), "rejected": conversation(p, r), "task": "AUT",
+                                "dataset": "test", "score_label": "originality", "score_chosen": sc,
+                                "score_rejected": sr, "novelty_chosen": nov, "diversity_chosen": div,
+                                "surprise_chosen": sur}) + "\n")
+    return str(path)
+
+
+def lambdas_of(args):
+    return {k: getattr(args, f"lambda_{k}") for k in registry.DIMENSIONS}
+
+
+def trained_weights(path, *flags):
+    """The pairs crpo trains on from `path` and the weight c of each, through load_pairs -> ensure_scores ->
+    tokenize_splits -> Split.batch -> creativity_weights, as crpo.train runs them."""
+    args = crpo.parse_args(["--data", path, "--val-frac", "0", *flags])
+    train, val, _ = pairs.load_pairs(args, quiet)
+    pairs.ensure_scores(train + val, lambdas_of(args), args, None, None, 0, 1)
+    split = pairs.tokenize_splits(train, val, ByteTokenizer(), lambdas_of(args), args, quiet)["train"]
+    b = split.batch(list(range(len(split.pairs))), 0, "cpu")
+    return split.pairs, crpo.creativity_weights(b["scores_chosen"], b["scores_rejected"], lambdas_of(args),
+                                                args.strategy, args.weight_on)
+
+
+@pytest.mark.parametrize("strategy", ["add", "mult"])
+def test_their_pair_file_trains_with_lambda_times_chosen_score(tmp_path, strategy):
+    path = write_theirs(tmp_path / "theirs.jsonl")
+    got_pairs, c = trained_weights(path, "--strategy", strategy, "--lambda-novelty", "0.5", "--lambda-diversity",
+                                   "1.5", "--lambda-surprise", "2")
+    # the [user, assistant] messages parse: prompt from the user turn, texts from the assistant turns
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in got_pairs] == [t[:3] for t in THEIRS]
+    assert [(p["score_chosen"], p["score_rejected"]) for p in got_pairs] == [t[6:8] for t in THEIRS]
+    hand = [0.5 * nov + 1.5 * div + 2 * sur if strategy == "add" else (0.5 * nov) * (1.5 * div) * (2 * sur)
+            for _, _, _, nov, div, sur, _, _ in THEIRS]
+    np.testing.assert_allclose(c.double().numpy(), hand, rtol=1e-6, atol=1e-7)
+
+
+def test_their_pair_file_with_margin_weights_stops_naming_the_missing_columns(tmp_path):
+    path = write_theirs(tmp_path / "theirs.jsonl")
+    with pytest.raises(data.DataError) as e:
+        trained_weights(path, "--weight-on", "margin")
+    assert str(e.value).startswith(f"{path}: --weight-on margin needs novelty_rejected, diversity_rejected, "
+                                   f"surprise_rejected, and the file has only novelty_chosen, diversity_chosen, "
+                                   f"surprise_chosen")
+    assert "\n" not in str(e.value) and "--weight-on chosen" in str(e.value)
+    with pytest.raises(data.DataError, match="use --score-population all"):
+        pairs.score_population(crpo.parse_args(["--data", path, "--weight-on", "margin", "--score-population",
+                                                "chosen"]))
+
+
+class WordEncoder:
+    """Unit vectors from a seeded random matrix, one row per text (deterministic, any text)."""
+    name = "word-encoder"
+
+    def embed(self, texts, batch_size=64):
+        rows = [np.random.default_rng(sum(map(ord, t)) * 7919 + len(t)).standard_normal(6) for t in texts]
+        return torch.tensor(np.stack([r / np.linalg.norm(r) for r in rows]), dtype=torch.float32)
+
+
+def scored(tmp_path, rows, population):
+    """Diversity of each pair's chosen response, scored by crpo's ensure_scores over --score-population."""
+    args = crpo.parse_args(["--data", "x.jsonl", "--lambda-novelty", "0", "--lambda-surprise", "0",
+                            "--score-population", population, "--score-cache", str(tmp_path / "cache")])
+    ps = [dict(zip(("prompt", "chosen", "rejected"), r)) for r in rows]
+    pairs.ensure_scores(ps, lambdas_of(args), args, None, None, 0, 1, encoder=WordEncoder())
+    return ps
+
+
+def test_chosen_population_ignores_responses_that_are_only_rejected(tmp_path):
+    rows = [("p", "a doorstop", "a wall"), ("p", "pigment for a mural", "a wall"), ("p", "a bed warmer", "a bookend"),
+            ("p", "a doorstop", "a bed warmer")]
+    other = [(p, c, "zz " + r) for p, c, r in rows[:3]] + [rows[3]]  # other texts that are only ever rejected
+    a, b = scored(tmp_path, rows, "chosen"), scored(tmp_path, other, "chosen")
+    assert [p["diversity_chosen"] for p in a] == [p["diversity_chosen"] for p in b]
+    assert not any("diversity_rejected" in p for p in a)
+    # min-max over the chosen set {a doorstop, pigment for a mural, a bed warmer}: its extremes are 0 and 1
+    assert sorted({round(p["diversity_chosen"], 9) for p in a})[0] == 0.0 and max(p["diversity_chosen"] for p in a) == 1
+    assert a[0]["diversity_chosen"] == a[3]["diversity_chosen"]  # one score per response
+    # the "all" population (chosen and rejected) does see them: the test can tell the two apart
+    x, y = scored(tmp_path, rows, "all"), scored(tmp_path, other, "all")
+    assert [p["diversity_chosen"] for p in x] != [p["diversity_chosen"] for p in y]
+
+
+def test_split_column_through_crpo_flags_for_pairs_and_sft():
+    sets = {json.loads(line)["Response"]: json.loads(line)["Set"] for line in open(MUCE_STYLE)}
+    args = crpo.parse_args(["--data", MUCE_STYLE, "--split-column", "Set", "--min-score", "20", "--min-margin", "5",
+                            "--max-pairs-per-response", "10", "--cap-order", "file"])
+    train, val, _ = pairs.load_pairs(args, quiet)
+    assert (len(train), len(val)) == (15, 3)  # A: 9 pairs, B: 6; C: 3 (tests/test_data.py counts them by hand)
+    assert {sets[p[s]] for p in train for s in ("chosen", "rejected")} == {"Training"}
+    assert {sets[p[s]] for p in val for s in ("chosen", "rejected")} == {"Validation"}
+    args = crpo.parse_args(["--data", MUCE_STYLE, "--objective", "sft", "--split-column", "Set", "--sft-min-score", "30"])
+    train, val, _ = pairs.load_pairs(args, quiet)
+    # Training rows >= 30: a1 40, a3 35, a5 30, b1 50, b3 60, b4 44; Validation: c1 30, c2 45 (Test's 60 and 50: never)
+    assert sorted(p["chosen"] for p in train) == sorted(
+        ["a doorstop for a windy kitchen", "grind it into pigment for cave paintings", "a bookend on a shelf",
+         "a lock pick for a diary", "bend it into a miniature sculpture of the owner", "a zipper pull replacement"])
+    assert sorted(p["chosen"] for p in val) == ["the cat walked in holding a map", "the ocean poured into the hallway"]
