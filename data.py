@@ -1,8 +1,8 @@
-"""Data for CrPO: read and validate JSON Lines, build preference pairs, split by prompt, tokenize, batch.
+"""Data for CrPO: read and validate JSON Lines, build preference pairs, tokenize, batch (splits: splits.py).
 
     rows, report = read_rows("muce.jsonl")                 # validated rows + what was read/kept/skipped
     pairs, stats = build_pairs(rows, min_margin=1.0)       # (prompt, chosen, rejected) from ratings
-    train, val = split_by_prompt(pairs, val_frac=0.1, seed=0)
+    train, val = splits.split_by_prompt(pairs, val_frac=0.1, seed=0)      # prompt-disjoint (splits.py)
     train, val = build_split_pairs(rows, split_column="Set", min_score=20, min_margin=5)  # MuCE's Set column
     items, tstats = tokenize_pairs(train, tokenizer, max_len=512)
     batch = collate(items[:8], tokenizer.pad_id)           # input_ids / attention_mask / response_mask [2B, T]
@@ -27,14 +27,13 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 import files
 import registry
 import splits
 from conversation import PromptError, as_prompt, completion_text, has_control_string, implicit_prompt, prompt_key
-from tokenizer import tokenize_pairs, tokens_summary
+from tokenizer import collate, pad_batch, tokenize_pairs, tokens_summary  # noqa: F401 (data.collate, data.pad_batch)
 
 RATING_FIELDS = {  # canonical name -> accepted names, first present wins
     "prompt": ("prompt", "FullPrompt", "Prompt"),
@@ -490,29 +489,6 @@ def pairs_summary(stats):
     return s
 
 
-def split_by_prompt(pairs, val_frac, seed):
-    """(train_pairs, val_pairs): prompts shuffled with `seed`, round(val_frac * n_prompts) of them to val
-    (at least 1 and at most n_prompts - 1 when val_frac > 0 and there are >= 2 prompts). No prompt is in
-    both; pairs keep their order inside each split."""
-    if not 0.0 <= val_frac < 1.0:
-        raise ValueError(f"val_frac must be in [0, 1), got {val_frac!r}")
-    prompts = list(dict.fromkeys(prompt_key(p["prompt"]) for p in pairs))
-    random.Random(seed).shuffle(prompts)
-    n_val = round(val_frac * len(prompts))
-    if val_frac > 0 and len(prompts) >= 2:
-        n_val = min(max(n_val, 1), len(prompts) - 1)
-    val_prompts = set(prompts[:n_val])
-    train = [p for p in pairs if prompt_key(p["prompt"]) not in val_prompts]
-    val = [p for p in pairs if prompt_key(p["prompt"]) in val_prompts]
-    return train, val
-
-
-def split_summary(train, val):
-    n_prompts = lambda ps: len({prompt_key(p["prompt"]) for p in ps})  # noqa: E731
-    return (f"train: {len(train):,} pairs over {n_prompts(train):,} prompts; "
-            f"val: {len(val):,} pairs over {n_prompts(val):,} prompts")
-
-
 def build_split_pairs(rows, *, split_column=None, val_frac=PAIR_DEFAULTS["val_frac"], seed=0, source=None,
                       log=print, **pair_options):
     """(train_pairs, val_pairs) from rows, with the counts logged. split_column None or "": build_pairs over all rows,
@@ -522,7 +498,7 @@ def build_split_pairs(rows, *, split_column=None, val_frac=PAIR_DEFAULTS["val_fr
     if not split_column:
         pairs, stats = build_pairs(rows, seed=seed, source=source, **pair_options)
         log(pairs_summary(stats))
-        return split_by_prompt(pairs, val_frac, seed)
+        return splits.split_by_prompt(pairs, val_frac, seed)
     try:
         parts, stats = splits.split_rows(rows, split_column, source or "data")
     except ValueError as e:  # a row without the column or with another value
@@ -541,38 +517,6 @@ def build_split_pairs(rows, *, split_column=None, val_frac=PAIR_DEFAULTS["val_fr
         except DataError as e:
             log(f"validation: no pairs ({str(e).split(': ', 2)[-1]})")
     return train, val
-
-
-# ----------------------------------------------------------------------------------------------------
-# batches
-
-def pad_batch(seqs, pad_id, response_starts=None):
-    """Right-padded (input_ids, attention_mask, response_mask), each [B, T] torch.long, T = the longest.
-
-    input_ids holds pad_id after each sequence's end, attention_mask 1 on its real tokens, response_mask
-    1 from response_starts[i] to the end of sequence i (all 0 when response_starts is None)."""
-    T = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), T), int(pad_id), dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    response_mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        input_ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        attention_mask[i, :len(s)] = 1
-        if response_starts is not None:
-            response_mask[i, response_starts[i]:len(s)] = 1
-    return input_ids, attention_mask, response_mask
-
-
-def collate(items, pad_id):
-    """pad_batch of 2B sequences, rows 0..B-1 the chosen, rows B..2B-1 the rejected -> {"input_ids",
-    "attention_mask", "response_mask"} [2B, T]; response_mask is 1 exactly on the response tokens (end-of-turn included)."""
-    if not items:
-        raise ValueError("collate needs at least one item")
-    rejected = [it for it in items if "rejected_ids" in it]  # SFT items have no rejected side
-    seqs = [it["chosen_ids"] for it in items] + [it["rejected_ids"] for it in rejected]
-    starts = [it["chosen_start"] for it in items] + [it["rejected_start"] for it in rejected]
-    input_ids, attention_mask, response_mask = pad_batch(seqs, pad_id, starts)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -610,7 +554,7 @@ def main(argv=None):
         print(report.summary())
         train, val = build_split_pairs(rows, split_column=args.split_column, val_frac=args.val_frac, seed=args.seed,
                                        source=args.file, **splits.pair_options(args, columns))
-        print(split_summary(train, val))
+        print(splits.split_summary(train, val))
         for i, p in enumerate(train[:args.show]):
             print(f"pair {i + 1}: {p['prompt'][:70]!r}\n  chosen   ({p.get('score_chosen')}): {p['chosen'][:100]!r}"
                   f"\n  rejected ({p.get('score_rejected')}): {p['rejected'][:100]!r}")

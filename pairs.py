@@ -115,13 +115,13 @@ def load_pairs(args, log):
     elif args.objective == "sft":
         pairs = sft_examples(rows, args)
         log(f"sft: {len(pairs):,} responses over {len({prompt_key(p['prompt']) for p in pairs}):,} prompts")
-        train_pairs, val_pairs = data.split_by_prompt(pairs, args.val_frac, args.seed)
+        train_pairs, val_pairs = splits.split_by_prompt(pairs, args.val_frac, args.seed)
     else:
         train_pairs, val_pairs = data.build_split_pairs(rows, split_column=args.split_column, val_frac=args.val_frac,
                                                         seed=args.seed, source=args.data, log=log,
                                                         **splits.pair_options(args, list(registry.DIMENSIONS)))
         pairs = train_pairs + val_pairs
-    log(data.split_summary(train_pairs, val_pairs))
+    log(splits.split_summary(train_pairs, val_pairs))
     if not train_pairs:
         raise data.DataError(f"{args.data}: all {len(pairs):,} pairs are in validation prompts (--val-frac {args.val_frac} "
                         f"of {len({prompt_key(p['prompt']) for p in pairs})} prompts): lower --val-frac")

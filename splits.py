@@ -3,13 +3,18 @@
     parts, stats = split_rows(rows, "Set")                   # {"train": rows, "validation": rows}, counts
     splits.add_pair_rule_flags(parser)                        # --min-score --max-margin --cap-order --split-column
 
-data.build_split_pairs uses split_rows, then builds pairs inside each split, as the authors do: they split MuCE
-by `Set` first (src/crpo/prepare_raw_data.py) and build pairs per split (src/crpo/prepare_crpo_data.py). Held-out
-rows (Test, HeldoutItem, HeldoutTask, HeldoutLanguage) are for evaluation only and never reach a pair.
-This file imports nothing of the project, so data.py can import it.
+    train, val = split_by_prompt(pairs, val_frac=0.1, seed=0)    # no split column: seeded, by prompt
+
+data.build_split_pairs uses split_rows, then builds pairs inside each split, as the authors do: they split MuCE by `Set`
+first (src/crpo/prepare_raw_data.py) and build pairs per split (src/crpo/prepare_crpo_data.py). Held-out rows
+(Test, HeldoutItem, HeldoutTask, HeldoutLanguage) are for evaluation only and never reach a pair.
+This file imports nothing of the project's data handling, so data.py can import it.
 """
 import json
 import math
+import random
+
+from conversation import prompt_key
 
 
 # MuCE's `Set` values (compared lower-cased, without spaces and underscores) -> where the rows go; "never" = no split
@@ -77,3 +82,26 @@ def pair_options(args, score_columns=()):
     return dict(min_margin=args.min_margin, max_pairs_per_response=args.max_pairs_per_response or None,
                 length_balance=args.length_balance, score_columns=score_columns, min_score=args.min_score,
                 max_margin=args.max_margin, cap_order=args.cap_order)
+
+
+def split_by_prompt(pairs, val_frac, seed):
+    """(train_pairs, val_pairs): prompts shuffled with `seed`, round(val_frac * n_prompts) of them to val
+    (at least 1 and at most n_prompts - 1 when val_frac > 0 and there are >= 2 prompts). No prompt is in
+    both; pairs keep their order inside each split."""
+    if not 0.0 <= val_frac < 1.0:
+        raise ValueError(f"val_frac must be in [0, 1), got {val_frac!r}")
+    prompts = list(dict.fromkeys(prompt_key(p["prompt"]) for p in pairs))
+    random.Random(seed).shuffle(prompts)
+    n_val = round(val_frac * len(prompts))
+    if val_frac > 0 and len(prompts) >= 2:
+        n_val = min(max(n_val, 1), len(prompts) - 1)
+    val_prompts = set(prompts[:n_val])
+    train = [p for p in pairs if prompt_key(p["prompt"]) not in val_prompts]
+    val = [p for p in pairs if prompt_key(p["prompt"]) in val_prompts]
+    return train, val
+
+
+def split_summary(train, val):
+    n_prompts = lambda ps: len({prompt_key(p["prompt"]) for p in ps})  # noqa: E731
+    return (f"train: {len(train):,} pairs over {n_prompts(train):,} prompts; "
+            f"val: {len(val):,} pairs over {n_prompts(val):,} prompts")

@@ -16,6 +16,7 @@ import json
 import os
 import re
 
+import torch
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 from tqdm import tqdm
@@ -325,3 +326,35 @@ def tokens_summary(stats):
             f"{stats['truncated_response']:,} responses; {stats['dropped_empty_response']:,} pairs dropped "
             f"(response empty after truncation), {stats['dropped_identical']:,} dropped (chosen and rejected "
             f"token-identical after truncation)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# token ids -> padded batches
+
+def pad_batch(seqs, pad_id, response_starts=None):
+    """Right-padded (input_ids, attention_mask, response_mask), each [B, T] torch.long, T = the longest.
+
+    input_ids holds pad_id after each sequence's end, attention_mask 1 on its real tokens, response_mask
+    1 from response_starts[i] to the end of sequence i (all 0 when response_starts is None)."""
+    T = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), T), int(pad_id), dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    response_mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        input_ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        attention_mask[i, :len(s)] = 1
+        if response_starts is not None:
+            response_mask[i, response_starts[i]:len(s)] = 1
+    return input_ids, attention_mask, response_mask
+
+
+def collate(items, pad_id):
+    """pad_batch of 2B sequences, rows 0..B-1 the chosen, rows B..2B-1 the rejected -> {"input_ids",
+    "attention_mask", "response_mask"} [2B, T]; response_mask is 1 exactly on the response tokens (end-of-turn included)."""
+    if not items:
+        raise ValueError("collate needs at least one item")
+    rejected = [it for it in items if "rejected_ids" in it]  # SFT items have no rejected side
+    seqs = [it["chosen_ids"] for it in items] + [it["rejected_ids"] for it in rejected]
+    starts = [it["chosen_start"] for it in items] + [it["rejected_start"] for it in rejected]
+    input_ids, attention_mask, response_mask = pad_batch(seqs, pad_id, starts)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}

@@ -79,14 +79,15 @@ def test_prompt_key_is_one_definition_of_the_same_prompt():
 def test_every_grouping_site_sees_one_prompt(tmp_path, monkeypatch):
     """One prompt written four ways (trailing space, leading newline, doubled space, as a one-turn message list) is
     one group for pairing, splits, duplicates, score.py's groups and populations, originality and eval."""
-    import argparse
     import json
 
     import data
     import eval as evaluation
+    import flags
     import originality
     import pairs
     import score
+    import splits
 
     spellings = ["Name a use for a brick.", "Name a use for a brick. ", "\nName a use for a brick.",
                  "Name a use  for a brick.", [{"role": "user", "content": "Name a use for a brick."}]]
@@ -100,11 +101,10 @@ def test_every_grouping_site_sees_one_prompt(tmp_path, monkeypatch):
     assert report.prompts == 2 and report.duplicates_merged == 1 and rows[0]["score"] == 1.5  # (0 + 3) / 2
     built, stats = data.build_pairs(rows, max_pairs_per_response=None)
     assert stats["prompts"] == 2 and len(built) == 10  # 5 answers to one prompt: 10 pairs
-    train, val = data.split_by_prompt(built, 0.0, seed=0)
+    train, val = splits.split_by_prompt(built, 0.0, seed=0)
     assert len({p["prompt"] for p in built}) == 1 and len(train) == 10
-    args = argparse.Namespace(data=str(path), skip_bad_rows=False, objective="crpo", min_margin=0.0,
-                              max_pairs_per_response=0, length_balance=False, seed=0, val_frac=0.5,
-                              max_train_pairs=0, max_val_pairs=0)
+    args = flags.parse_args(["--data", str(path), "--min-margin", "0", "--max-pairs-per-response", "0",
+                             "--val-frac", "0.5", "--max-val-pairs", "0"])
     _, _, population = pairs.load_pairs(args, lambda *a: None)
     assert sorted(len(v) for v in population.values()) == [1, 5]
     seen = []

@@ -19,6 +19,7 @@ from tokenizers import models as tok_models
 import checkpoint
 import crpo
 import data
+import splits
 import distributed
 import model
 import outputs
@@ -574,7 +575,7 @@ def train_pairs_of(path, seed=3, val_frac=0.25):
     """The training pairs crpo.py builds from a rating file with argv()'s settings (data.py's own functions)."""
     rows, _ = data.read_rows(path)
     pairs, _ = data.build_pairs(rows, max_pairs_per_response=data.PAIR_DEFAULTS["max_pairs_per_response"], seed=seed)
-    return data.split_by_prompt(pairs, val_frac, seed)
+    return splits.split_by_prompt(pairs, val_frac, seed)
 
 
 def test_a_registered_toy_dimension_trains_through_main(tiny, tmp_path, monkeypatch):

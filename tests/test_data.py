@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import data
+import splits
 import tokenizer as tokenization
 from conftest import ROOT, SHARED_DATA
 
@@ -431,24 +432,24 @@ def test_pair_argument_errors():
 
 def test_split_by_prompt_is_disjoint_and_seeded():
     pairs = [{"prompt": f"p{i % 10}", "chosen": f"c{i}", "rejected": "r"} for i in range(100)]
-    train, val = data.split_by_prompt(pairs, 0.2, seed=1)
+    train, val = splits.split_by_prompt(pairs, 0.2, seed=1)
     train_prompts, val_prompts = {p["prompt"] for p in train}, {p["prompt"] for p in val}
     assert not train_prompts & val_prompts and len(val_prompts) == 2 and len(train_prompts) == 8
     assert len(train) + len(val) == 100
     assert train == [p for p in pairs if p["prompt"] in train_prompts]  # order kept
-    assert data.split_by_prompt(pairs, 0.2, seed=1) == (train, val)
-    assert len({frozenset(p["prompt"] for p in data.split_by_prompt(pairs, 0.2, seed=s)[1]) for s in range(10)}) > 1
-    assert data.split_by_prompt(pairs, 0.0, seed=1) == (pairs, [])
+    assert splits.split_by_prompt(pairs, 0.2, seed=1) == (train, val)
+    assert len({frozenset(p["prompt"] for p in splits.split_by_prompt(pairs, 0.2, seed=s)[1]) for s in range(10)}) > 1
+    assert splits.split_by_prompt(pairs, 0.0, seed=1) == (pairs, [])
 
 
 def test_split_keeps_both_sides_non_empty():
     pairs = [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "a"}]
     for frac in (0.01, 0.5, 0.99):
-        train, val = data.split_by_prompt(pairs, frac, seed=0)
+        train, val = splits.split_by_prompt(pairs, frac, seed=0)
         assert len({p["prompt"] for p in train}) == 1 and len({p["prompt"] for p in val}) == 1
-    assert data.split_by_prompt([{"prompt": "a"}] * 3, 0.5, seed=0) == ([{"prompt": "a"}] * 3, [])
+    assert splits.split_by_prompt([{"prompt": "a"}] * 3, 0.5, seed=0) == ([{"prompt": "a"}] * 3, [])
     with pytest.raises(ValueError):
-        data.split_by_prompt(pairs, 1.0, seed=0)
+        splits.split_by_prompt(pairs, 1.0, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -615,7 +616,7 @@ def test_sample_file():
     assert len(per_prompt) >= 8 and all(len(g) >= 8 for g in per_prompt.values())
     assert len({r["task"] for r in rows}) >= 6 and 80 <= len(rows) <= 120
     pairs, stats = data.build_pairs(rows, min_margin=1.0)
-    train, val = data.split_by_prompt(pairs, 0.1, seed=0)
+    train, val = splits.split_by_prompt(pairs, 0.1, seed=0)
     assert train and val and not {p["prompt"] for p in train} & {p["prompt"] for p in val}
 
 
@@ -640,7 +641,7 @@ def test_real_ratings():
         for side in ("chosen", "rejected"):
             joined[p["prompt"], p[side]] = joined.get((p["prompt"], p[side]), 0) + 1
     assert max(joined.values()) <= 2
-    train, val = data.split_by_prompt(pairs, 0.1, seed=0)
+    train, val = splits.split_by_prompt(pairs, 0.1, seed=0)
     assert train and val and len(train) + len(val) == len(pairs)
     assert not {p["prompt"] for p in train} & {p["prompt"] for p in val}
 
