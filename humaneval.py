@@ -168,7 +168,8 @@ def read_csv(path, columns):
             rows = []
             for n, row in enumerate(reader, 1):
                 if None in row or any(v is None for v in row.values()):
-                    raise SheetError(f"{path}: row {n}: {len(row.get(None) or [])} cells more or fewer than the header "
+                    cells = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
+                    raise SheetError(f"{path}: row {n}: {cells} cells, the header has {len(reader.fieldnames)} "
                                      "(a comma inside a cell must be quoted)")
                 rows.append((n, row))
             return rows

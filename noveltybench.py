@@ -26,6 +26,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections import Counter
 
 import numpy as np
@@ -325,13 +326,16 @@ def read_curated(path=CURATED, limit=None):
 
 
 def score_rows(rows, judge_fn, ctx, levels=None, patience=PATIENCE, short_answer_rule=True):
-    """Each row (id, prompt, generations) copied with "partition" and "distinct" (classes), and given quality
+    """Each row (id, prompt, generations) copied with "partition" and "distinct" (classes; a "partition" already
+    there is kept as "input_partition"), and given quality
     levels [[1..10] per row]: "generation_scores" (u_i), "partition_scores" (u of each class's first member)
     and "utility"."""
     out = []
     for i, r in enumerate(rows):
         labels = judged_partition(r["generations"], judge_fn(r["prompt"], r["generations"], ctx), short_answer_rule)
         row = {**r, "partition": labels, "distinct": len(set(labels))}
+        if "partition" in r:  # a partition the input brought (e.g. the official one) is kept, renamed
+            row["input_partition"] = r["partition"]
         if levels is not None:
             u = generation_scores(labels, levels[i])
             first = {}
@@ -375,23 +379,26 @@ def run_models(args, specs, generate_all, load_model):
     generate_all / load_model: eval.py's sampler and checkpoint loader."""
     prompts = read_curated(limit=args.limit)
     categories = {p["id"]: p["category"] for p in prompts}
+    judge_fn, spec = get_judge(args.judge), " ".join(args.score_quality)
+    _, _, comparable, note = quality_mapping(spec)  # bad flags fail before any model loads
     scorer_path = None if args.scorer_model in (None, "default") else os.path.expanduser(args.scorer_model)
     scorer, scorer_tok = load_model(scorer_path, device=args.device)
     ctx = JudgeContext(sentence_encoder.load_encoder(args.encoder, device=args.device), args.cache_dir)
-    judge_fn = get_judge(args.judge)
-    spec = " ".join(args.score_quality)
-    _, _, comparable, note = quality_mapping(spec)
     print(f"NoveltyBench: {len(prompts)} curated prompts, k = {args.k}, temperature {args.temperature}, judge "
           f"{args.judge}, quality {spec}: {note}")
     results = {}
     for name, path in specs:
         m, tok = (scorer, scorer_tok) if path == scorer_path else load_model(path, device=args.device)
+        t0 = time.perf_counter()
         texts = generate_all(m, tok, [p["prompt"] for p in prompts], k=args.k, max_new_tokens=args.max_new_tokens,
                              temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size)
         rows = [{"id": p["id"], "prompt": p["prompt"], "generations": texts[p["prompt"]]} for p in prompts]
         levels, _, _ = quality_levels(rows, spec, model=scorer, tokenizer=scorer_tok, cache_dir=args.cache_dir,
                                       batch_size=args.batch_size)
         scored = score_rows(rows, judge_fn, ctx, levels)
+        print(f"{name}: {len(prompts) * args.k} generations sampled, judged and partitioned in "
+              f"{time.perf_counter() - t0:.1f} s")
+        del m, tok
         results[name] = {**summarize(scored, categories, n_boot=args.bootstrap, seed=args.seed), "rows": scored,
                          "generations": texts}
     caveats = [f"classes come from crpo's '{args.judge}' judge, not the benchmark's DeBERTa judge (README, NoveltyBench)"]

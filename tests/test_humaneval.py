@@ -107,7 +107,8 @@ def test_three_raters_report_fleiss_and_partial_sheets_are_counted(tmp_path, cap
     ([["i9", "p", "a", "b", "A", ""]], "row 1: item 'i9' is not in the key"),
     ([["i1", "p", "a", "b", "A", ""], ["i1", "p", "a", "b", "B", ""]], "row 2: item 'i1' appears twice"),
     ([["i1", "p", "a", "b", "A", ""]], "3 items of the key are not in the sheet (e.g. i2)"),
-    ([["i1", "p", "a", "b", "A", "", "extra"]], "row 1: 1 cells more or fewer than the header"),
+    ([["i1", "p", "a", "b", "A", "", "extra"]], "row 1: 7 cells, the header has 6"),
+    ([["i1", "p", "a", "b", "A", ""], ["i2", "p"]], "row 2: 2 cells, the header has 6"),
 ])
 def test_malformed_sheets_name_file_and_row(tmp_path, rows, message):
     key = he.read_key(hand_key(tmp_path))

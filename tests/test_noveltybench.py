@@ -171,11 +171,12 @@ def test_score_command_on_generations_made_elsewhere(tmp_path, capsys):
 
 
 def test_score_rows_with_levels_and_summary():
-    rows = [{"id": "curated-1", "prompt": "p", "generations": ["red", "Red", "blue"]},
+    rows = [{"id": "curated-1", "prompt": "p", "generations": ["red", "Red", "blue"], "partition": [0, 1, 1]},
             {"id": "curated-2", "prompt": "q", "generations": ["x", "y", "x"]}]
     never = lambda prompt, gens, ctx: np.zeros((len(gens), len(gens)), dtype=bool)  # noqa: E731
     scored = nb.score_rows(rows, never, None, levels=[[4, 9, 6], [2, 3, 8]])
     assert [s["partition"] for s in scored] == [[0, 0, 1], [0, 1, 0]]
+    assert scored[0]["input_partition"] == [0, 1, 1] and "input_partition" not in scored[1]
     assert [s["generation_scores"] for s in scored] == [[4, 0, 6], [2, 3, 0]]
     assert [s["partition_scores"] for s in scored] == [[4, 6], [2, 3]]
     assert scored[0]["utility"] == pytest.approx((4 + 0.64 * 6) / 2.44)
