@@ -227,3 +227,15 @@ def test_html_sheet_in_headless_chromium(tmp_path, capsys):
     first = key["item-1"]  # item 1 answered A: a win for its model A
     expected_win = 0.5 if first["model_a"] == "base" else 0.0
     assert f"base vs crpo: win {expected_win:.3f}" in out
+
+
+def test_sheet_command_reads_an_eval_output(tmp_path, capsys):
+    src = tmp_path / "eval.json"
+    src.write_text(json.dumps({"models": {m: {"generations": g} for m, g in GENERATIONS.items()}}))
+    assert he.main(["sheet", "--from", str(src), "--out", str(tmp_path / "s"), "--seed", "3"]) == 0
+    key = he.read_key(str(tmp_path / "s" / "key.csv"))
+    assert [k["item"] for k in key.values()] == [it["item"] for it in he.make_items(GENERATIONS, seed=3)]
+    src.write_text("{}")
+    assert he.main(["sheet", "--from", str(src), "--out", str(tmp_path / "t")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {src}: not an eval.py output") and "\n" not in err
