@@ -44,11 +44,14 @@ import data
 import encoder as sentence_encoder
 import files
 import generate
+import humaneval
+import noveltybench
 import plot
 import originality
 import relevance
 import score
 from conversation import prompt_key
+from intervals import bootstrap_interval
 from measures import unit_rows, word_tokens
 from model import ModelError
 
@@ -255,21 +258,6 @@ def preference_accuracy(m, tokenizer, pairs, *, cache_dir=None, batch_size=16, s
 # Aggregation
 
 
-def bootstrap_interval(values, weights=None, *, n_boot=1000, seed=0, level=0.95):
-    """(mean, lo, hi): mean = sum_p w_p v_p / sum_p w_p over prompts p (w = 1 unless given); [lo, hi] = the
-    (1 - level)/2 and (1 + level)/2 percentiles of that mean over n_boot resamples of the prompts with
-    replacement (numpy default_rng(seed)). One prompt or n_boot 0: lo = hi = mean."""
-    v = np.asarray(values, dtype=np.float64)
-    w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=np.float64)
-    mean = float((w * v).sum() / w.sum())
-    if len(v) < 2 or n_boot <= 0:
-        return mean, mean, mean
-    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
-    means = (w[idx] * v[idx]).sum(1) / w[idx].sum(1)
-    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    return mean, float(lo), float(hi)
-
-
 def summarize(per_prompt, pref=None, *, n_boot=1000, seed=0):
     """{metric: {"mean", "lo", "hi"}} over prompts; pref_accuracy (pairs-weighted over prompts) when pref has pairs."""
     out = {}
@@ -373,8 +361,13 @@ def parse_args(argv=None):
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--models", nargs="+", required=True, metavar="NAME=PATH",
                     help="models to evaluate; PATH = HF folder, .gguf file, or 'default' (embedded SmolLM2-135M-Instruct)")
-    ap.add_argument("--data", required=True, help="rating or preference rows (JSON Lines); its unique prompts are used")
-    ap.add_argument("--k", type=int, default=8, help="samples per prompt per model")
+    ap.add_argument("--data", help="rating or preference rows (JSON Lines); its unique prompts are used")
+    ap.add_argument("--k", type=int, help="samples per prompt per model (default 8; 10 with --benchmark)")
+    ap.add_argument("--benchmark", choices=("noveltybench",), help="run a benchmark's prompts instead of --data (README)")
+    ap.add_argument("--limit", type=int, help="--benchmark: only its first N prompts")
+    ap.add_argument("--judge", default="local", help="--benchmark noveltybench: equivalence judge (noveltybench.py)")
+    ap.add_argument("--human-sheet", metavar="DIR", help="also write a blinded pairwise sheet for human raters here "
+                                                         "(humaneval.py; two or more models)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-p", type=float, default=1.0)
@@ -400,7 +393,11 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--skip-bad-rows", action="store_true")
     args = ap.parse_args(argv)
-    checks = [(args.k >= 1, "--k must be >= 1"), (args.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
+    args.k = args.k or (noveltybench.K if args.benchmark else 8)
+    checks = [((args.data is None) != (args.benchmark is None), "give --data or --benchmark (one of them)"),
+              (args.limit is None or args.limit >= 1, "--limit must be >= 1"),
+              (not args.human_sheet or len(args.models) >= 2, "--human-sheet needs two or more --models"),
+              (args.k >= 1, "--k must be >= 1"), (args.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
               (args.temperature >= 0, "--temperature must be >= 0"), (0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
               (args.max_prompts is None or args.max_prompts >= 1, "--max-prompts must be >= 1"),
               (-1 <= args.distinct_threshold <= 1, "--distinct-threshold must be a cosine in [-1, 1]"),
@@ -490,10 +487,16 @@ def run(args):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        out = run(args)
-    except (EvalError, data.DataError, ModelError) as e:
+        out = (noveltybench.run_models(args, parse_model_specs(args.models), generate_all, checkpoint.load)
+               if args.benchmark else run(args))
+        if args.human_sheet:
+            print(humaneval.write_sheet(args.human_sheet, {n: r["generations"] for n, r in out["models"].items()},
+                                        seed=args.seed))
+    except (EvalError, data.DataError, ModelError, noveltybench.BenchmarkError, humaneval.SheetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.benchmark:
+        return noveltybench.report(out, args.out)
     print()
     print(table(out["models"]))
     files.write_text(args.out, json.dumps(out, ensure_ascii=False, indent=1))
