@@ -30,9 +30,8 @@ t = (y - mean_x y) / sd_x y (only the order inside a prompt is asked of the scor
                words, shuffled answers, unrelated text, other prompts' answers, non-answers, rambles; built
                from the training prompts only), each prompt's weight n_x^1/2 split half and half
 
-Validity is measured by prompt-grouped cross-validation (no prompt on both sides of a fold): the mean
-per-prompt Spearman correlation with the human rating, and the partial Spearman with length held fixed.
-
+Validity: prompt-grouped cross-validation (no prompt on both sides of a fold), mean per-prompt Spearman with the
+human rating, and the partial Spearman with length held fixed.
     python originality.py fit --data data/dt_ratings.jsonl.gz --out scorers/originality
 
 Measured (data/dt_ratings.jsonl.gz, 44 prompts, 5 prompt-grouped folds, seed 0): mean per-prompt Spearman
