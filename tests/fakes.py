@@ -4,7 +4,9 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models as tok_models
@@ -112,3 +114,25 @@ def run_triton_tests_in_interpreter(test_file, selector):
     tail = res.stdout[-4000:] + res.stderr[-2000:]
     assert res.returncode == 0, tail
     assert " passed" in tail and "skipped" not in tail, tail
+
+
+def hashed_embed(texts, dim):
+    """Hashed bag of words, a stand-in for the sentence encoder: e(t) = sum of fixed random word vectors (seeded by
+    the word's crc32), unit-normalised -> [n, dim] float64. Answers that share words lie close."""
+    out = np.zeros((len(texts), dim))
+    for i, t in enumerate(texts):
+        for w in t.lower().split():
+            out[i] += np.random.default_rng(zlib.crc32(w.encode())).standard_normal(dim)
+        out[i] /= max(np.linalg.norm(out[i]), 1e-12)
+    return out
+
+
+def topic_groups(rng, n=6):
+    """{prompt: (answers, scores, task)} for n synthetic prompts whose answers are three of their own five topic
+    words ("t{i}w{j}"): what a relevance model can learn to tell apart. Draws from rng."""
+    groups = {}
+    for i in range(n):
+        topic = [f"t{i}w{j}" for j in range(5)]
+        answers = list(dict.fromkeys(" ".join(rng.choice(topic, 3)) for _ in range(30)))
+        groups[f"Use for thing {i}: {topic[0]}."] = (answers, [1.0] * len(answers), ["A", "B"][i % 2])
+    return groups

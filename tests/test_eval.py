@@ -12,7 +12,7 @@ import data
 import eval as evaluation
 import checkpoint
 import encoder as sentence_encoder
-from fakes import ByteTokenizer, tiny_model
+from fakes import ByteTokenizer, tiny_model, topic_groups
 import measures
 import score
 
@@ -356,11 +356,7 @@ def test_on_topic_share_is_the_share_of_generations_the_relevance_scorer_accepts
     enc = WordsEncoder()
     embed = lambda ts: enc.embed(ts).numpy()  # noqa: E731
     rng = np.random.default_rng(0)
-    groups = {}
-    for i in range(6):
-        topic = [f"t{i}w{j}" for j in range(5)]
-        answers = list(dict.fromkeys(" ".join(rng.choice(topic, 3)) for _ in range(30)))
-        groups[f"Use for thing {i}: {topic[0]}."] = (answers, [1.0] * len(answers), ["A", "B"][i % 2])
+    groups = topic_groups(rng)
     folder = tmp_path / "relevance"
     relevance.save(relevance.fit(groups, list(groups), embed), {}, str(folder))
     humans = {"Use for thing 9: t9w0.": list(dict.fromkeys(" ".join(rng.choice([f"t9w{j}" for j in range(5)], 3))

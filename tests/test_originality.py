@@ -4,7 +4,6 @@ rating function on synthetic prompts it never saw (with a hashed bag-of-words en
 import itertools
 import math
 import os
-import zlib
 
 import numpy as np
 import pytest
@@ -12,23 +11,14 @@ import scipy.stats
 
 import originality as O
 from conftest import ROOT
+from fakes import hashed_embed
 
 DIM = 64
 SMALL = O.Config(mlp_members=1, answer_members=1, hidden=32, epochs=8, batch_size=64, dropout=0.1, weight_decay=1e-3, lr=3e-3)
 
 
-def word_vector(word):
-    return np.random.default_rng(zlib.crc32(word.encode())).standard_normal(DIM)
-
-
 def fake_embed(texts):
-    """Hashed bag of words: e(t) = sum of fixed random word vectors, unit-normalised."""
-    out = np.zeros((len(texts), DIM))
-    for i, t in enumerate(texts):
-        for w in t.lower().split():
-            out[i] += word_vector(w)
-        out[i] /= max(np.linalg.norm(out[i]), 1e-12)
-    return out.astype(np.float32)
+    return hashed_embed(texts, DIM).astype(np.float32)
 
 
 CREATIVE = [f"zest{i}" for i in range(12)]

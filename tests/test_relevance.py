@@ -1,7 +1,6 @@
 """Tests for relevance.py: the logistic fit against a generic optimiser of the same objective, AUC against
 scipy's Mann-Whitney U, the k-nearest similarities against brute force, the gate by hand, and a fit that
 tells answers to a prompt from answers to other prompts on synthetic prompts it never saw."""
-import zlib
 
 import numpy as np
 import pytest
@@ -9,22 +8,13 @@ import scipy.optimize
 import scipy.stats
 
 import relevance as R
+from fakes import hashed_embed
 
 DIM = 48
 
 
-def word_vector(word):
-    return np.random.default_rng(zlib.crc32(word.encode())).standard_normal(DIM)
-
-
 def fake_embed(texts):
-    """Hashed bag of words, unit-normalised (a stand-in for the sentence encoder)."""
-    out = np.zeros((len(texts), DIM))
-    for i, t in enumerate(texts):
-        for w in t.lower().split():
-            out[i] += word_vector(w)
-        out[i] /= max(np.linalg.norm(out[i]), 1e-12)
-    return out
+    return hashed_embed(texts, DIM)
 
 
 def test_fit_logistic_minimises_the_weighted_penalised_loss():

@@ -15,7 +15,7 @@ import checkpoint
 import encoder as sentence_encoder
 import model as modeling
 import tokenizer as tokenization
-from fakes import ByteTokenizer, tiny_model
+from fakes import ByteTokenizer, tiny_model, topic_groups
 import score
 
 
@@ -572,11 +572,7 @@ def fitted_relevance(tmp_path_factory):
     import relevance
     enc = BagOfWordsEncoder(dim=32)
     rng = np.random.default_rng(0)
-    groups = {}
-    for i in range(6):
-        topic = [f"t{i}w{j}" for j in range(5)]
-        answers = list(dict.fromkeys(" ".join(rng.choice(topic, 3)) for _ in range(30)))
-        groups[f"Use for thing {i}: {topic[0]}."] = (answers, [1.0] * len(answers), ["A", "B"][i % 2])
+    groups = topic_groups(rng)
     folder = tmp_path_factory.mktemp("relevance")
     relevance.save(relevance.fit(groups, list(groups), lambda ts: enc.embed(ts).numpy()), {}, str(folder))
     return str(folder), enc
