@@ -35,6 +35,7 @@ import numpy as np
 import originality
 import probes
 from cache import disk_embed
+from measures import word_tokens
 
 THRESHOLD = 0.5  # p(on-topic) below this = off-topic for score.py's gate and eval.py's on-topic share
 KNN = (1, 5, 20)
@@ -85,8 +86,8 @@ def features(embed, prompt, responses, group):
     position = {t: i for i, t in enumerate(group)}
     self_r = np.array([position.get(t, -1) for t in responses])
     f_r = raw_features(E(responses), E([ctx(prompt, t) for t in responses]), p, E_g, C_g, self_r,
-                       np.array([len(t.split()) for t in responses]))
-    f_g = raw_features(E_g, C_g, p, E_g, C_g, np.arange(len(group)), np.array([len(t.split()) for t in group]))
+                       np.array([len(word_tokens(t)) for t in responses]))
+    f_g = raw_features(E_g, C_g, p, E_g, C_g, np.arange(len(group)), np.array([len(word_tokens(t)) for t in group]))
     pct = [originality.percentile_in(f_r[:, j], f_g[:, j]) for j in range(1, len(FEATURES))]
     return np.hstack([f_r, np.stack(pct, 1)])
 
