@@ -1,6 +1,7 @@
 """Reading and writing the project's files: JSON Lines lines (plain or gzipped) in, whole-or-nothing writes out.
 
     lines = read_lines("data/dt_ratings.jsonl.gz")          # [bytes], line i + 1 of the file at index i
+    rows = read_json_objects("metrics.jsonl", MyError)      # [(line number, dict)], errors name FILE:LINE
     write_jsonl("scored.jsonl", rows)                        # PATH.tmp, fsync, rename: never half a file
     write_atomic("train_state.pt", lambda f: torch.save(state, f))
 """
@@ -34,6 +35,28 @@ def read_lines(path):
     if lines and lines[0].startswith(UTF8_BOM):
         lines[0] = lines[0][len(UTF8_BOM):]
     return lines
+
+
+
+def read_json_objects(path, error, hint=""):
+    """[(line number, dict)] of a JSON Lines file (plain or gzip), blank lines skipped. Problems raise error(message):
+    "FILE: cannot read (...)", "FILE:LINE: not JSON (...)<hint>", "FILE:LINE: expected a JSON object per line"."""
+    try:
+        lines = read_lines(path)
+    except (OSError, EOFError) as e:
+        raise error(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise error(f"{path}:{n}: not JSON ({getattr(e, 'msg', e)}){hint}") from None
+        if not isinstance(row, dict):
+            raise error(f"{path}:{n}: expected a JSON object per line")
+        rows.append((n, row))
+    return rows
 
 
 def write_atomic(path, write, mode="wb"):

@@ -296,19 +296,9 @@ def quality_levels(rows, spec, *, model=None, tokenizer=None, cache_dir=None, ba
 
 def read_jsonl(path, required):
     """Rows of a JSON Lines file, each an object with the `required` fields; BenchmarkError 'FILE:LINE: ...'."""
-    try:
-        lines = files.read_lines(path)
-    except (OSError, EOFError) as e:
-        raise BenchmarkError(f"{path}: cannot read ({e})") from None
     rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BenchmarkError(f"{path}:{n}: not JSON ({e})") from None
-        missing = [f for f in required if not isinstance(row, dict) or f not in row]
+    for n, row in files.read_json_objects(path, BenchmarkError):
+        missing = [f for f in required if f not in row]
         if missing:
             raise BenchmarkError(f"{path}:{n}: no {', '.join(missing)} field (each row needs {', '.join(required)})")
         if "generations" in required and (not isinstance(row["generations"], list) or not row["generations"]

@@ -42,22 +42,7 @@ class PlotError(Exception):
 def read_metrics(path):
     """metrics.jsonl -> list of row dicts (blank lines skipped). A line that is not a JSON object raises
     PlotError("FILE:LINE: ...")."""
-    try:
-        lines = files.read_lines(path)
-    except (OSError, EOFError) as e:
-        raise PlotError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    rows = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise PlotError(f"{path}:{lineno}: not JSON ({getattr(e, 'msg', e)}); is this crpo.py's metrics.jsonl?") from None
-        if not isinstance(row, dict):
-            raise PlotError(f"{path}:{lineno}: expected a JSON object per line")
-        rows.append(row)
-    return rows
+    return [row for _, row in files.read_json_objects(path, PlotError, "; is this crpo.py's metrics.jsonl?")]
 
 
 def trailing_mean(values, window):

@@ -25,7 +25,6 @@ prompts (the prompts of a held-out fold are never seen in fitting, nor their ans
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time

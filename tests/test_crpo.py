@@ -763,7 +763,6 @@ def test_lora_stage_from_a_lora_stage_trains_a_new_adapter_against_the_model_it_
               "adapter as model and reference + lora": ([adapter, "--ref-model", adapter, "--lora-rank", "4"], n_lora),
               "merged folder + lora": ([str(sft), "--lora-rank", "4"], n_lora),
               "merged folder, adapter as reference": ([str(sft), "--ref-model", adapter], n_all)}
-    chosen_logps = {}
     for i, (name, (extra, trainable_expected)) in enumerate(combos.items()):
         trainable, total, row = stage(capsys, prefs, extra[0], tmp_path / f"s{i}", *extra[1:])
         assert trainable == trainable_expected and total == n_all + (n_lora if "--lora-rank" in extra else 0), name

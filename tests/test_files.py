@@ -62,3 +62,17 @@ def test_write_atomic_replaces_whole_or_leaves_the_old_file(tmp_path):
     assert path.read_bytes() == b"\x00\x01" and not os.path.exists(str(path) + ".tmp")
     files.write_text(path, "done\n")
     assert path.read_text(encoding="utf-8") == "done\n"
+
+
+def test_read_json_objects_numbers_lines_and_names_the_bad_one(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n')
+    assert files.read_json_objects(str(path), ValueError) == [(1, {"a": 1}), (3, {"a": 2})]  # blank line 2 skipped
+    path.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: expected a JSON object per line"):
+        files.read_json_objects(str(path), ValueError)
+    path.write_text('{"a": 1}\n{oops\n')
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: not JSON \(.*\); see the docs$"):
+        files.read_json_objects(str(path), ValueError, "; see the docs")
+    with pytest.raises(ValueError, match=r"missing.jsonl: cannot read"):
+        files.read_json_objects(str(tmp_path / "missing.jsonl"), ValueError)
