@@ -81,7 +81,7 @@ def export_final(run):
     """Final model in HF layout in --out (LoRA merged in; the adapter, recording its base, in --out/adapter).
     Written to a temp folder first, then each file moved in with os.replace. FSDP2: gathered on rank 0."""
     policy = run.policy
-    if run.mode == "FSDP2":
+    if run.mode is distributed.Distribution.FSDP2:
         full = distributed.full_weights(run.seq)
         if not run.main:
             return

@@ -12,7 +12,7 @@ LoRA parameters. Each sequence is a prompt of --prompt-len tokens and a response
 only response tokens count in the log-probabilities.
 
 Rows:
-- ours: crpo.py's own step, `crpo.train_step` on a run set up by `crpo.prepare` (what `python crpo.py` runs:
+- ours: crpo.py's own step, `crpo.train_step` on a run set up by `crpo.build_run` (what `python crpo.py` runs:
   on CUDA a bf16 base with float32 LoRA adapters under bf16 autocast; batches collated from token ids each
   step), with the block ops on crpo.py's CUDA default (kernels/dispatch.py: the PyTorch formulas until a GPU
   run verifies the Triton kernels; $KERNELS_BLOCK_PATH overrides it for this row);
@@ -74,7 +74,7 @@ def init_random_(module, seed):
 
 
 def ours_run(cfg, args, device, compile_blocks=False):
-    """A crpo.Run over one synthetic split, set up by crpo.prepare exactly as the CLI does."""
+    """A crpo.Run over one synthetic split, set up by crpo.build_run exactly as the CLI does."""
     flags = ["--data", "synthetic", "--lora-rank", str(args.rank), "--lora-alpha", str(args.alpha), "--batch-size",
              str(args.pairs), "--device", device.type, "--lambda-novelty", "1", "--lambda-diversity", "1",
              "--lambda-surprise", "1"] + (["--grad-checkpointing"] if args.checkpointing else [])
@@ -97,9 +97,8 @@ def ours_run(cfg, args, device, compile_blocks=False):
               for side in ("chosen", "rejected")}
     splits = {"train": pairs.Split([{}] * args.pairs, items, scores), "val": pairs.Split([], [], scores)}
     lambdas = {"novelty": 1.0, "diversity": 1.0, "surprise": 1.0}
-    run = crpo.Run(run_args, device, 0, 1, m, None, splits, lambdas)
-    run.tokenizer = type("PadOnly", (), {"pad_id": 0, "eos_id": 0})()
-    crpo.prepare(run, None, log=lambda *a: None)
+    pad_only = type("PadOnly", (), {"pad_id": 0, "eos_id": 0})()
+    run = crpo.build_run(run_args, device, 0, 1, m, pad_only, splits, lambdas, log=lambda *a: None)
     if compile_blocks:
         for layer in m.layers:
             layer.compile()
@@ -112,7 +111,7 @@ def build_ours(cfg, args, device, dtype, compile_blocks=False):
 
     def step():
         sums, _ = crpo.train_step(run, every)
-        return torch.tensor(sums["loss"] / sums["pairs"])
+        return torch.tensor(sums["loss"] / sums["count"])
     return run.policy, step
 
 
