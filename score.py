@@ -54,7 +54,7 @@ from measures import NORMALIZE, centroid_novelty, diversity, dsi_novelty, unit_r
 from lm_scores import (JUDGE_QUESTION, conversation_ids, conversation_perplexity, judge, judge_prompt,  # noqa: F401
                        last_token_scores, load_reward_model, perplexity, reward)  # (public through score too)
 from model import ModelError
-from registry import DIMENSIONS, paper_dims, parse_variant, scorer
+from registry import DIMENSIONS, ScorerArg, paper_dims, parse_variant, scorer
 
 def embed_texts(encoder, texts, *, cache_dir=None, cache=None, desc="embed texts", show_progress=True, stats=None):
     """{text: e(text)} (unit-norm float32), each unique text embedded once and cached on disk."""
@@ -199,7 +199,7 @@ def _surprise_lm(path, device):
     return checkpoint.load(path, device=device)
 
 
-@scorer("surprise", "chat", arg="[PATH]")
+@scorer("surprise", "chat", arg=ScorerArg("PATH", optional=True))
 def chat_surprise_scorer(groups, ctx):
     """The authors' surprise: perplexity of the whole chat-formatted conversation (conversation_perplexity) under
     the LM at PATH (they used google/gemma-2-27b-it); without PATH the embedded default SmolLM2-135M-Instruct."""
@@ -233,7 +233,7 @@ def judge_scorer(groups, ctx):
                             lambda p, rs: judge(model, tokenizer, p, rs, ctx.batch_size, ctx.stats))
 
 
-@scorer("quality", "rm", arg="PATH")
+@scorer("quality", "rm", arg=ScorerArg("PATH"))
 def reward_model_scorer(groups, ctx):
     device = next(ctx.model.parameters()).device if ctx.model is not None else "cpu"
     rm, rm_tokenizer, w = load_reward_model(ctx.arg, device=device)
@@ -242,7 +242,7 @@ def reward_model_scorer(groups, ctx):
                             lambda p, rs: reward(rm, rm_tokenizer, w, p, rs, ctx.batch_size, ctx.stats))
 
 
-@scorer("originality", "model", default=True, arg="[DIR]")
+@scorer("originality", "model", default=True, arg=ScorerArg("DIR", optional=True))
 def originality_scorer(groups, ctx):
     """originality.predict with the fitted scorer in DIR (default: the shipped scorers/originality), each response
     compared with its prompt's population (all responses to the prompt in the file; in eval, the human ones)."""
@@ -277,7 +277,7 @@ def load_originality(path):
     return fitted, h.hexdigest()[:12]
 
 
-@scorer("relevance", "model", default=True, arg="[DIR]")
+@scorer("relevance", "model", default=True, arg=ScorerArg("DIR", optional=True))
 def relevance_scorer(groups, ctx):
     """relevance.predict (p(on-topic)) with the fitted model in DIR (default: the shipped scorers/relevance),
     each response compared with its prompt's known answers (ctx.population, e.g. eval's human answers, else
@@ -298,7 +298,7 @@ def relevance_scorer(groups, ctx):
     return out
 
 
-@scorer("quality", "field", arg="NAME")
+@scorer("quality", "field", arg=ScorerArg("NAME"))
 def field_scorer(groups, ctx):
     return [np.asarray(g["field"], dtype=np.float64) for g in groups]
 
