@@ -19,7 +19,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -137,6 +137,23 @@ def learning_rate(step, *, lr, warmup_steps, total_steps):
 # The run: models, reference, distribution, optimizer, and the functions the loop calls
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What batch_loss computes: sft_loss (sft=True), or crpo_loss with beta, eps = label_smoothing and the
+    creativity weights of creativity_weights(lambdas, strategy, weight_on)."""
+    sft: bool = False
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    lambdas: dict = field(default_factory=dict)  # {dimension: lambda_k}; none > 0: plain DPO (c = 1)
+    strategy: str = "add"
+    weight_on: str = "chosen"
+
+    @classmethod
+    def from_args(cls, args, lambdas):
+        return cls(sft=args.objective == "sft", beta=args.beta, label_smoothing=args.label_smoothing,
+                   lambdas=dict(lambdas), strategy=args.strategy, weight_on=args.weight_on)
+
+
 @dataclass
 class Run:
     """Everything the training loop's functions share (one object instead of closures over locals), built
@@ -149,7 +166,7 @@ class Run:
     policy: nn.Module  # the model being trained (LoRA adapters added with --lora-rank > 0)
     tokenizer: object
     splits: dict  # {"train": pairs.Split, "val": pairs.Split}
-    lambdas: dict  # {dimension: lambda_k} ({} for sft)
+    objective: Objective
     seq: nn.Module  # policy -> sequence log-probs (wrapped by DDP / FSDP2 under torchrun)
     mode: distributed.Distribution  # NONE, DDP or FSDP2
     opt: torch.optim.Optimizer
@@ -170,7 +187,7 @@ class Run:
 
     @property
     def sft(self):
-        return self.args.objective == "sft"
+        return self.objective.sft
 
     @property
     def state_root(self):  # what state dicts are taken from; no-grad forwards need no DDP bookkeeping
@@ -190,11 +207,12 @@ class Run:
         return os.path.join(self.args.out, name)
 
 
-def weights_dtype(args, device):
-    """auto: float32 on CPU; on CUDA a frozen LoRA base (and a frozen reference) in bf16, full fine-tuning in float32."""
-    if args.dtype != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    return torch.bfloat16 if device.type == "cuda" and args.lora_rank > 0 else torch.float32
+def weights_dtype(dtype, lora, device):
+    """--dtype auto: float32 on CPU; on CUDA a frozen LoRA base (and a frozen reference) in bf16, full fine-tuning
+    in float32; "float32" / "bfloat16": that."""
+    if dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    return torch.bfloat16 if device.type == "cuda" and lora else torch.float32
 
 
 def load_model(path, device, dtype=None, loader=None):
@@ -245,7 +263,8 @@ def build_run(args, device, rank, world, policy, tokenizer, splits, lambdas, ref
     params = [p for p in seq.parameters() if p.requires_grad]
     opt = adamw(params, lr=args.lr, weight_decay=args.weight_decay,
                 fused=world == 1)  # one fused kernel per step (many times faster on CPU)
-    run = Run(args, device, rank, world, policy, tokenizer, splits, lambdas, seq, mode, opt, params)
+    run = Run(args, device, rank, world, policy, tokenizer, splits, Objective.from_args(args, lambdas), seq, mode, opt,
+              params)
     log(f"model: {sum(p.numel() for p in policy.parameters()):,} parameters, "
         f"{sum(p.numel() for p in params):,} trainable ({'LoRA rank %d' % args.lora_rank if run.lora else 'full'})"
         f"; {world} process(es) on {device}{f' ({mode.value})' if mode is not distributed.Distribution.NONE else ''}")
@@ -295,15 +314,16 @@ def batch_loss(run, forward, b):
     with run.autocast():
         logps, n_tokens = forward(b["input_ids"], b["attention_mask"], b["response_mask"])
     logps = logps.float()
-    if run.sft:
+    obj = run.objective
+    if obj.sft:
         return sft_loss(logps, n_tokens), n_tokens.sum().item(), {}
     ref_chosen, ref_rejected = run.reference(b)
-    active = any(v > 0 for v in run.lambdas.values())
-    c = creativity_weights(b["scores_chosen"], b["scores_rejected"], run.lambdas, run.args.strategy,
-                           run.args.weight_on) if active else None
+    active = any(v > 0 for v in obj.lambdas.values())
+    c = creativity_weights(b["scores_chosen"], b["scores_rejected"], obj.lambdas, obj.strategy,
+                           obj.weight_on) if active else None
     pol_chosen, pol_rejected = logps.chunk(2)
-    loss, stats = crpo_loss(pol_chosen, pol_rejected, ref_chosen, ref_rejected, beta=run.args.beta, weights=c,
-                            label_smoothing=run.args.label_smoothing)
+    loss, stats = crpo_loss(pol_chosen, pol_rejected, ref_chosen, ref_rejected, beta=obj.beta, weights=c,
+                            label_smoothing=obj.label_smoothing)
     return loss, len(logps) // 2, stats
 
 
@@ -408,7 +428,7 @@ def setup(args, log):
     train_pairs, val_pairs, population = pairs.load_pairs(args, log)
 
     # 2. models: policy and reference (the frozen reference of LoRA is the policy with LoRA off)
-    dtype = weights_dtype(args, device)
+    dtype = weights_dtype(args.dtype, args.lora_rank > 0, device)
     policy, tokenizer = load_model(args.model, device, dtype)
     ref_model = load_model(args.ref_model, device, dtype)[0] if args.ref_model and args.objective == "crpo" else None
     if ref_model is not None and ref_model.config.vocab_size != policy.config.vocab_size:
@@ -428,7 +448,7 @@ def setup(args, log):
 
     # 4. LoRA / reference / checkpointing / distribution / optimizer; then --out: the command, and --resume's state
     run = build_run(args, device, rank, world, policy, tokenizer, splits, lambdas, ref_model, log)
-    outputs.record_command(run)
+    outputs.record_command(args.out, run.main)
     outputs.resume(run, log)  # weights, optimizer, RNG and step / epoch / pos of train_state.pt
     return run
 
@@ -447,7 +467,7 @@ def train(args):
         if run.splits["val"].pairs:
             last_val = validate(run)
         outputs.export_final(run)
-        outputs.draw_curves(run)
+        outputs.draw_curves(args.out, run.main)
     except KeyboardInterrupt:
         raise Interrupted(run) from None
     distributed.barrier(run.world)

@@ -137,22 +137,24 @@ def summary(run, seconds, last_train, last_val):
     return "\n".join(lines)
 
 
-def draw_curves(run):
-    """--out/curves.png from metrics.jsonl when matplotlib is installed (training never requires it)."""
-    if run.main and plot.have_matplotlib():
-        plot.draw_curves(plot.curve_series(plot.read_metrics(run.path(METRICS_FILE))), run.path("curves.png"),
-                         title=run.args.out)
+def draw_curves(out, main=True):
+    """out/curves.png from out/metrics.jsonl when matplotlib is installed (training never requires it); main:
+    whether this process writes (rank 0)."""
+    if main and plot.have_matplotlib():
+        plot.draw_curves(plot.curve_series(plot.read_metrics(os.path.join(out, METRICS_FILE))),
+                         os.path.join(out, "curves.png"), title=out)
 
 
 def command_line(argv=None):
     return shlex.join([sys.executable, *sys.argv] if argv is None else [sys.executable, "crpo.py", *argv])
 
 
-def record_command(run):
-    """--out/command.txt: the command that started the run (what a resume repeats)."""
-    if run.main:
-        os.makedirs(run.args.out, exist_ok=True)
-        with open(run.path(COMMAND_FILE), "w") as f:
+def record_command(out, main=True):
+    """out/command.txt: the command that started the run (what a resume repeats); main: whether this process
+    writes (rank 0)."""
+    if main:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, COMMAND_FILE), "w") as f:
             f.write(command_line() + "\n")
 
 

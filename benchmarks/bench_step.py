@@ -81,7 +81,7 @@ def ours_run(cfg, args, device, compile_blocks=False):
     if args.dtype == "fp32":
         flags += ["--dtype", "float32"]
     run_args = crpo.parse_args(flags)
-    torch.set_default_dtype(crpo.weights_dtype(run_args, device))
+    torch.set_default_dtype(crpo.weights_dtype(run_args.dtype, run_args.lora_rank > 0, device))
     try:
         with torch.device(device):
             m = modeling.Transformer(modeling.Config(**cfg))
