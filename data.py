@@ -1,4 +1,5 @@
-"""Data for CrPO: read and validate JSON Lines, build preference pairs, tokenize, batch (splits: splits.py).
+"""Data for CrPO: read and validate JSON Lines rows, build preference pairs (splits: splits.py; token ids and
+batches: tokenizer.py, re-exported here).
 
     rows, report = read_rows("muce.jsonl")                 # validated rows + what was read/kept/skipped
     pairs, stats = build_pairs(rows, min_margin=1.0)       # (prompt, chosen, rejected) from ratings
@@ -10,8 +11,9 @@
 Two row kinds, one per file (the kind of the first good row):
 - rating rows (MuCE style): {"prompt", "response", "score", "task"?, "item"?, "language"?, ...}; MuCE's
   column names are aliases: FullPrompt/Prompt -> prompt, Response -> response, facsco_grm_scaled -> score,
-  TasksNamesFull -> task, Language -> language, Dataset -> dataset. Precomputed creativity scores
-  ("novelty", "diversity", "surprise", "quality", as score.py writes them) ride along into the pairs.
+  TasksNamesFull -> task, Language -> language, Dataset -> dataset. Precomputed creativity scores (a column
+  per registered dimension, registry.DIMENSIONS: "novelty", "diversity", ..., as score.py writes them) ride
+  along into the pairs.
 - preference rows (TRL style): {"prompt", "chosen", "rejected"}, each a string or a list of chat messages
   [{"role", "content"}], optionally with "novelty_chosen", "novelty_rejected", "diversity_chosen", ...
 

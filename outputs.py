@@ -30,13 +30,12 @@ class ResumeError(Exception):
     """--resume cannot continue (no state, or a state from other flags): the message says what to do."""
 
 
-
-
 def save_state(run):
-    """train_state.pt, atomically (write, then rename): weights, optimizer, schedule, RNG, data position."""
+    """train_state.pt, atomically (write, then rename): weights, optimizer, RNG, data position and the flags
+    (the learning rate is a function of the step, crpo.learning_rate; older states also hold a "scheduler" entry,
+    which nothing reads)."""
     state = distributed.gather_training_state(run.state_root, run.opt, run.lora)
-    state.update(step=run.step, epoch=run.epoch, pos=run.pos, args=vars(run.args),
-                 scheduler={"step": run.step, "lr": run.args.lr, "warmup_steps": run.args.warmup_steps})
+    state.update(step=run.step, epoch=run.epoch, pos=run.pos, args=vars(run.args))  # lr: learning_rate(step)
     if run.main:
         save_atomic(state, run.path(STATE_FILE))
     distributed.barrier(run.world)

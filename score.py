@@ -20,6 +20,8 @@ sentence embedding and d(u, v) = 1 - cos(u, v) (the math lives in measures.py).
                                                                            (--quality judge, default)
                  = reward model score head on the last token               (--quality rm PATH)
                  = a numeric field of the data                             (--quality field NAME)
+    originality(r) = the human originality rating predicted by originality.py's fitted model (--originality
+                   model [DIR]; default: the shipped scorers/originality)
     relevance(r) = p(r answers the prompt), relevance.py's model; with --gate [THRESHOLD] (default 0.5) a
                    response below it gets the group's minimum of every other raw score (off-topic is never rare)
 
@@ -29,6 +31,7 @@ Expensive values (sentence/word embeddings, perplexities, judge and reward score
 per (scorer, model, text) (cache.py), so a second run recomputes nothing.
 
     python score.py --data ratings.jsonl --out scored.jsonl [--dims novelty,diversity,...]
+    python score.py fit [--scorer originality|relevance] --data RATINGS --out DIR     (fit.py: the learned scorers)
 """
 import argparse
 import functools
@@ -506,8 +509,9 @@ def scorer_options(args, prefix=""):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["fit"]:  # python score.py fit --data RATINGS --out DIR: fit an originality scorer
-        return originality.main(argv[1:]) or 0
+    if argv[:1] == ["fit"]:  # python score.py fit [--scorer relevance] --data RATINGS --out DIR: fit.py
+        import fit
+        return fit.main(argv[1:])
     ap = argparse.ArgumentParser(description="Add creativity scores (each in [0, 1], normalised per prompt) to every "
                                              "row of a JSON Lines file.",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
