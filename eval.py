@@ -56,7 +56,7 @@ from model import ModelError
 
 OTHER_METRICS = ("distinct", "length", "distinct_1", "distinct_2", "pref_accuracy")  # after the score dimensions
 # Two generations are one "class" when their embeddings' cosine is >= this. Calibrated with
-# benchmarks/calibrate_distinct.py (results/distinct_calibration.json, README): 12 real prompts x k=8 x 48 tokens of
+# experiments/calibrate_distinct.py (results/distinct_calibration.json, README): 12 real prompts x k=8 x 48 tokens of
 # the default model at temperatures 0.3 and 1.0; the threshold whose intervals lie furthest apart (upper bound at
 # 0.3 vs lower bound at 1.0). At the old 0.9, every sample at 1.0 was its own class (distinct 1.0 [1.0, 1.0]).
 DISTINCT_THRESHOLD = 0.5

@@ -1,10 +1,10 @@
 """Benchmark one CrPO training step at Llama-3.1-8B shape (or a short-answer shape), from random weights.
 
-    python benchmarks/bench_step.py            # CUDA: Llama-3.1-8B shape, LoRA r=128 on all linear layers,
+    python -m benchmarks.bench_step            # CUDA: Llama-3.1-8B shape, LoRA r=128 on all linear layers,
                                                # gradient checkpointing, 8 pairs x 512 tokens a side
-    python benchmarks/bench_step.py --pairs 64 --seq-len 64 --prompt-len 40   # the real workload: short answers
-    python benchmarks/bench_step.py --profile  # + CUDA kernel time of our step by kind (matmul, attention, other)
-    python benchmarks/bench_step.py --small    # tiny config on CPU (smoke test)
+    python -m benchmarks.bench_step --pairs 64 --seq-len 64 --prompt-len 40   # the real workload: short answers
+    python -m benchmarks.bench_step --profile  # + CUDA kernel time of our step by kind (matmul, attention, other)
+    python -m benchmarks.bench_step --small    # tiny config on CPU (smoke test)
 
 One step = reference forward (the base model with LoRA switched off, no grad) + policy forward and
 backward over chosen and rejected (one batch of 2 x pairs sequences) + the CrPO loss + AdamW step on the
@@ -30,21 +30,19 @@ import argparse
 import datetime
 import os
 import statistics
-import sys
 import time
 import warnings
 
+import torch
+
+import numpy as np
+
+import crpo
+import kernels
+import model as modeling
+import pairs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import torch  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-import crpo  # noqa: E402
-import kernels  # noqa: E402
-import model as modeling  # noqa: E402
-import pairs  # noqa: E402
 
 GIB = 2**30
 ROWS = ("ours", "ours-triton", "compiled", "hf", "liger")  # --which

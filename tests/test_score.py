@@ -227,9 +227,7 @@ def test_reward_model_score_head(tmp_path):
     hf.add_special_tokens(specials)
     tok = tokenization.Tokenizer(hf, chat_format="chatml", eos="<|im_end|>", pad="<|im_end|>", eot="<|im_end|>",
                              chat_template="<|im_start|>", name="tiny-rm")
-    torch.manual_seed(0)
-    m = modeling.Transformer(modeling.Config(vocab_size=258, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                                             head_dim=8, hidden_dim=64, max_seq_len=256))
+    m = tiny_model(0, init_std=None, vocab_size=258, dim=32, head_dim=8, hidden_dim=64, max_seq_len=256)
     folder = tmp_path / "rm"
     checkpoint.save(m, tok, str(folder))
     w = torch.randn(1, 32)
