@@ -8,7 +8,8 @@ DPO whose per-pair loss is weighted by creativity scores of the responses, and t
     torchrun --nproc_per_node=8 crpo.py --data muce.jsonl ...     (DDP with LoRA, FSDP2 without)
 
 Reading order: model.sequence_logps (log pi(y|x)) -> creativity_weights -> crpo_loss -> sft_loss (the
-method), then batch_loss -> train_step -> train (the loop).
+method), then batch_loss (the objective on one batch) -> train_step (one optimizer step: where micro-batches,
+accumulation and ranks are reduced) -> loop; setup and build_run make the Run those functions share.
 """
 import argparse
 import contextlib
@@ -136,26 +137,45 @@ def learning_rate(step, *, lr, warmup_steps, total_steps):
 # The run: models, reference, distribution, optimizer, and the functions the loop calls
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What batch_loss computes: sft_loss (sft=True), or crpo_loss with beta, eps = label_smoothing and the
+    creativity weights of creativity_weights(lambdas, strategy, weight_on)."""
+    sft: bool = False
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    lambdas: dict = field(default_factory=dict)  # {dimension: lambda_k}; none > 0: plain DPO (c = 1)
+    strategy: str = "add"
+    weight_on: str = "chosen"
+
+    @classmethod
+    def from_args(cls, args, lambdas):
+        return cls(sft=args.objective == "sft", beta=args.beta, label_smoothing=args.label_smoothing,
+                   lambdas=dict(lambdas), strategy=args.strategy, weight_on=args.weight_on)
+
+
 @dataclass
 class Run:
-    """Everything the training loop's functions share (one object instead of closures over locals)."""
-    args: argparse.Namespace
+    """Everything the training loop's functions share (one object instead of closures over locals), built
+    complete by build_run; afterwards only --resume (outputs.resume) and the loop move step / epoch / pos, and
+    saving moves saved_step."""
+    args: argparse.Namespace  # the command line (flags.parse_args)
     device: torch.device
-    rank: int
-    world: int
-    policy: nn.Module
+    rank: int  # this process's rank, 0 .. world - 1 (0 without torchrun)
+    world: int  # number of processes
+    policy: nn.Module  # the model being trained (LoRA adapters added with --lora-rank > 0)
     tokenizer: object
-    splits: dict
-    lambdas: dict
-    seq: nn.Module = None  # policy -> sequence log-probs (wrapped by DDP / FSDP2 under torchrun)
-    ref_seq: nn.Module = None  # the frozen reference model (None: LoRA switched off, or precomputed)
-    opt: torch.optim.Optimizer = None
-    params: list = field(default_factory=list)
-    mode: str | None = None  # "DDP", "FSDP2" or None
-    step: int = 0
-    epoch: int = 0
+    splits: dict  # {"train": pairs.Split, "val": pairs.Split}
+    objective: Objective
+    seq: nn.Module  # policy -> sequence log-probs (wrapped by DDP / FSDP2 under torchrun)
+    mode: distributed.Distribution  # NONE, DDP or FSDP2
+    opt: torch.optim.Optimizer
+    params: list  # the trainable parameters (what the optimizer steps and clipping sees)
+    reference: object = None  # batch -> (ref_chosen, ref_rejected), Tensor[B] each (reference_source); None for sft
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # passes over the training pairs done
     pos: int = 0  # optimizer steps into the current epoch
-    saved_step: int | None = None
+    saved_step: int | None = None  # the step of the train_state.pt last written or resumed from (Ctrl-C names it)
 
     @property
     def main(self):
@@ -167,11 +187,11 @@ class Run:
 
     @property
     def sft(self):
-        return self.args.objective == "sft"
+        return self.objective.sft
 
     @property
     def state_root(self):  # what state dicts are taken from; no-grad forwards need no DDP bookkeeping
-        return self.seq.module if self.mode == "DDP" else self.seq
+        return self.seq.module if self.mode is distributed.Distribution.DDP else self.seq
 
     @property
     def pad_id(self):
@@ -187,11 +207,12 @@ class Run:
         return os.path.join(self.args.out, name)
 
 
-def weights_dtype(args, device):
-    """auto: float32 on CPU; on CUDA a frozen LoRA base (and a frozen reference) in bf16, full fine-tuning in float32."""
-    if args.dtype != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    return torch.bfloat16 if device.type == "cuda" and args.lora_rank > 0 else torch.float32
+def weights_dtype(dtype, lora, device):
+    """--dtype auto: float32 on CPU; on CUDA a frozen LoRA base (and a frozen reference) in bf16, full fine-tuning
+    in float32; "float32" / "bfloat16": that."""
+    if dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    return torch.bfloat16 if device.type == "cuda" and lora else torch.float32
 
 
 def load_model(path, device, dtype=None, loader=None):
@@ -203,16 +224,17 @@ def load_model(path, device, dtype=None, loader=None):
         raise CrpoError(f"cannot load model {path or '(embedded default)'}: {e}") from None
 
 
-def prepare(run, ref_model, log):
-    """LoRA or a frozen copy as the reference, gradient checkpointing, DDP / FSDP2, the optimizer."""
-    args, policy = run.args, run.policy
-    if run.lora:
+def prepare_policy(policy, ref_model, args):
+    """LoRA adapters (float32 under autocast), or a frozen copy of the policy as the reference for full
+    fine-tuning; gradient checkpointing. Returns the frozen reference model, or None (LoRA switched off is the
+    reference, or sft)."""
+    if args.lora_rank > 0:
         targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
         model.add_lora(policy, rank=args.lora_rank, alpha=args.lora_alpha, targets=targets, dropout=args.lora_dropout)
         for p in policy.parameters():  # float32 adapters under bf16 autocast; --dtype bfloat16: all bf16, no autocast
             if p.requires_grad and args.dtype != "bfloat16":
                 p.data = p.data.float()
-    elif ref_model is None and not run.sft:
+    elif ref_model is None and args.objective != "sft":
         ref_model = copy.deepcopy(policy)
     if ref_model is not None:
         ref_model.requires_grad_(False).eval()
@@ -220,26 +242,61 @@ def prepare(run, ref_model, log):
     policy.checkpoint_policy = args.checkpoint_policy
     policy.checkpoint_budget = None if args.checkpoint_budget_mib is None else int(args.checkpoint_budget_mib * 2**20)
     policy.train()
-    seq = distributed.SequenceLogps(policy)
-    ref_seq = None if ref_model is None else distributed.SequenceLogps(ref_model)
-    run.seq, run.ref_seq, run.mode = distributed.wrap(seq, ref_seq, world=run.world, lora=run.lora, device=run.device)
-    run.params = [p for p in run.seq.parameters() if p.requires_grad]
-    run.opt = torch.optim.AdamW([{"params": [p for p in run.params if p.ndim >= 2], "weight_decay": args.weight_decay},
-                                 {"params": [p for p in run.params if p.ndim < 2], "weight_decay": 0.0}],
-                                lr=args.lr, betas=(0.9, 0.999),
-                                fused=run.world == 1)  # one fused kernel per step (many times faster on CPU)
+    return ref_model
+
+
+def adamw(params, *, lr, weight_decay, fused):
+    """AdamW with weight decay on matrices only (not on norms and biases)."""
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.999), fused=fused)
+
+
+def build_run(args, device, rank, world, policy, tokenizer, splits, lambdas, ref_model=None, log=print):
+    """The complete Run at step 0: LoRA or a frozen reference, gradient checkpointing, DDP / FSDP2, the optimizer
+    and the reference log-prob source (decided once). Nothing is read from or written to --out here (setup then
+    restores a --resume state into it)."""
+    ref_model = prepare_policy(policy, ref_model, args)
+    seq, ref_seq, mode = distributed.wrap(distributed.SequenceLogps(policy),
+                                          None if ref_model is None else distributed.SequenceLogps(ref_model),
+                                          world=world, lora=args.lora_rank > 0, device=device)
+    params = [p for p in seq.parameters() if p.requires_grad]
+    opt = adamw(params, lr=args.lr, weight_decay=args.weight_decay,
+                fused=world == 1)  # one fused kernel per step (many times faster on CPU)
+    run = Run(args, device, rank, world, policy, tokenizer, splits, Objective.from_args(args, lambdas), seq, mode, opt,
+              params)
     log(f"model: {sum(p.numel() for p in policy.parameters()):,} parameters, "
-        f"{sum(p.numel() for p in run.params):,} trainable ({'LoRA rank %d' % args.lora_rank if run.lora else 'full'})"
-        f"; {run.world} process(es) on {run.device}{f' ({run.mode})' if run.mode else ''}")
+        f"{sum(p.numel() for p in params):,} trainable ({'LoRA rank %d' % args.lora_rank if run.lora else 'full'})"
+        f"; {world} process(es) on {device}{f' ({mode.value})' if mode is not distributed.Distribution.NONE else ''}")
+    run.reference = None if run.sft else reference_source(run, ref_seq)
+    return run
 
 
-@torch.no_grad()
-def reference_logps(run, b):
-    with run.autocast():
-        if run.ref_seq is not None:
-            return run.ref_seq(b["input_ids"], b["attention_mask"], b["response_mask"])[0]
-        with model.lora_disabled(run.policy):
-            return model.sequence_logps(run.policy, b["input_ids"], b["attention_mask"], b["response_mask"])[0]
+def reference_source(run, ref_seq):
+    """Where log ref(y|x) comes from, decided once: batch -> (ref_chosen, ref_rejected), float32 Tensor[B] each.
+
+    ref_seq (--ref-model, or the frozen initial policy of full fine-tuning) if there is one, else the policy with
+    its LoRA adapters switched off; with --precompute-ref that model's numbers for every pair, computed here once
+    (then the reference model is no longer needed), looked up by the batch's rows."""
+    @torch.no_grad()
+    def from_model(b):
+        with run.autocast():
+            if ref_seq is not None:
+                logps = ref_seq(b["input_ids"], b["attention_mask"], b["response_mask"])[0]
+            else:
+                with model.lora_disabled(run.policy):
+                    logps = model.sequence_logps(run.policy, b["input_ids"], b["attention_mask"], b["response_mask"])[0]
+        return logps.float().chunk(2)
+
+    if not run.args.precompute_ref:
+        return from_model
+    for name, split in run.splits.items():
+        table = torch.zeros(len(split.pairs), 2, device=run.device)
+        for part, live, b in tqdm(lockstep_batches(run, split), desc=f"reference log-probs ({name})",
+                                  total=math.ceil(len(split.pairs) / run.args.batch_size), disable=not run.main):
+            table[torch.as_tensor(part, device=run.device)] += live * torch.stack(from_model(b), dim=1)
+        split.ref = distributed.all_reduce_sum(table, run.world)  # Split.batch hands out its rows as b["ref"]
+    return lambda b: b["ref"].unbind(1)
 
 
 def lockstep_batches(run, split):
@@ -250,40 +307,34 @@ def lockstep_batches(run, split):
         yield part, live, split.batch(part, run.pad_id, run.device)
 
 
-def precompute_reference(run):
-    """Reference log-probs of every pair, once; then the reference model is not needed."""
-    for name, split in run.splits.items():
-        table = torch.zeros(len(split.pairs), 2, device=run.device)
-        for part, live, b in tqdm(lockstep_batches(run, split), desc=f"reference log-probs ({name})",
-                                  total=math.ceil(len(split.pairs) / run.args.batch_size), disable=not run.main):
-            lp = reference_logps(run, b).float()
-            table[torch.as_tensor(part, device=run.device)] += live * torch.stack(lp.chunk(2), dim=1)
-        split.ref = distributed.all_reduce_sum(table, run.world)
-    run.ref_seq = None
-
-
-def batch_loss(run, forward, b, live):
-    """The objective summed over this rank's part of a batch, and the metric sums:
-    crpo: (L * pairs, {loss, mean_c, rewards_*, reward_accuracy, reward_ties, reward_margin (each * pairs), pairs, tokens});
-    sft: (sum of response-token NLL, {nll, response_tokens, sequences, tokens})."""
+def batch_loss(run, forward, b):
+    """The objective on one batch (this rank's part of a micro-batch) -> (L, n, stats):
+    crpo: L = crpo_loss (mean over the n pairs) and its statistics; sft: L = sft_loss (mean over the n response
+    tokens), no statistics. forward: run.seq (training) or run.state_root (no-grad validation)."""
     with run.autocast():
         logps, n_tokens = forward(b["input_ids"], b["attention_mask"], b["response_mask"])
     logps = logps.float()
-    tokens = b["attention_mask"].sum().item() * live
-    if run.sft:
-        nll_sum = -logps.sum()
-        return nll_sum, {"nll": nll_sum.item() * live, "response_tokens": n_tokens.sum().item() * live,
-                         "sequences": len(logps) * live, "tokens": tokens}
-    ref = b["ref"].unbind(1) if b["ref"] is not None else reference_logps(run, b).float().chunk(2)
-    active = any(v > 0 for v in run.lambdas.values())
-    c = creativity_weights(b["scores_chosen"], b["scores_rejected"], run.lambdas, run.args.strategy,
-                           run.args.weight_on) if active else None
-    loss, stats = crpo_loss(*logps.chunk(2), *ref, beta=run.args.beta, weights=c,
-                            label_smoothing=run.args.label_smoothing)
-    n = len(logps) // 2
+    obj = run.objective
+    if obj.sft:
+        return sft_loss(logps, n_tokens), n_tokens.sum().item(), {}
+    ref_chosen, ref_rejected = run.reference(b)
+    active = any(v > 0 for v in obj.lambdas.values())
+    c = creativity_weights(b["scores_chosen"], b["scores_rejected"], obj.lambdas, obj.strategy,
+                           obj.weight_on) if active else None
+    pol_chosen, pol_rejected = logps.chunk(2)
+    loss, stats = crpo_loss(pol_chosen, pol_rejected, ref_chosen, ref_rejected, beta=obj.beta, weights=c,
+                            label_smoothing=obj.label_smoothing)
+    return loss, len(logps) // 2, stats
+
+
+def metric_sums(loss, n, stats, b, examples, live):
+    """What one batch adds to the logged metrics: loss and statistics times n (sums, so that means over any
+    number of batches and ranks are sum / count), count = n, examples (pairs; sft: sequences), tokens (padding
+    excluded). A stand-in batch (live = 0) adds zeros."""
     sums = {k: v.item() * n * live for k, v in stats.items()}
-    sums.update(loss=loss.item() * n * live, pairs=n * live, tokens=tokens)
-    return loss * n, sums
+    sums.update(loss=loss.item() * n * live, count=n * live, examples=examples * live,
+                tokens=b["attention_mask"].sum().item() * live)
+    return sums
 
 
 def add_sums(total, sums):
@@ -291,10 +342,8 @@ def add_sums(total, sums):
 
 
 def means(sums):
-    """Per-pair (crpo) or per-token (sft) means of reduced metric sums."""
-    if "nll" in sums:
-        return {"loss": sums["nll"] / max(1.0, sums["response_tokens"])}
-    return {k: sums[k] / max(1.0, sums["pairs"]) for k in sums if k not in ("pairs", "tokens")}
+    """Per-pair (crpo) or per-response-token (sft) means of metric sums: loss and the crpo statistics."""
+    return {k: sums[k] / max(1.0, sums["count"]) for k in sums if k not in ("count", "examples", "tokens")}
 
 
 def validate(run):
@@ -302,14 +351,13 @@ def validate(run):
     split = run.splits["val"]
     sums = {}
     run.policy.eval()
-    forward = run.seq.module if run.mode == "DDP" else run.seq
     with torch.no_grad():
-        for _, live, b in tqdm(lockstep_batches(run, split), desc="validation", leave=False, disable=not run.main,
-                               total=math.ceil(len(split.pairs) / run.args.batch_size)):
-            sums = add_sums(sums, batch_loss(run, forward, b, live)[1])
+        for part, live, b in tqdm(lockstep_batches(run, split), desc="validation", leave=False, disable=not run.main,
+                                  total=math.ceil(len(split.pairs) / run.args.batch_size)):
+            sums = add_sums(sums, metric_sums(*batch_loss(run, run.state_root, b), b, len(part), live))
     run.policy.train()
     sums = distributed.reduce_sums(sums, run.world)
-    row = {"step": run.step, "split": "val", "pairs": int(sums.get("pairs", sums.get("sequences", 0))), **means(sums)}
+    row = {"step": run.step, "split": "val", "pairs": int(sums["examples"]), **means(sums)}
     outputs.write_metrics(run, row)
     if run.main:
         tqdm.write(f"step {run.step}: val loss {row['loss']:.4f}" + (
@@ -321,18 +369,23 @@ def validate(run):
 def train_step(run, step_idx):
     """One optimizer step over the global batch step_idx (grad-accumulated micro-batches, every rank its slice).
     -> (metric sums reduced over ranks, gradient norm). A non-finite loss stops before the update."""
-    args = run.args
+    args, split = run.args, run.splits["train"]
     micro = [step_idx[i:i + args.batch_size] for i in range(0, len(step_idx), args.batch_size)]
-    # the step's objective = sum over its pairs (sft: response tokens) / their number: each part adds its share
-    denominator = run.splits["train"].response_tokens(step_idx) if run.sft else len(step_idx)
+    # The step minimises the objective's mean over its whole global batch, however it is split:
+    #     L_step = (1 / N) sum over micro-batches m and ranks r of  n_mr * L_mr
+    # L_mr = batch_loss's mean over n_mr pairs (sft: response tokens) of micro-batch m on rank r; N = the step's
+    # pairs (response tokens). DDP and FSDP2 average gradients over ranks, so each rank's term is * world; a
+    # stand-in part (live = 0, distributed.rank_part) adds nothing. This line is the only place the step is reduced.
+    N = split.response_tokens(step_idx) if run.sft else len(step_idx)
     sums = {}
     for m, micro_idx in enumerate(micro):
         part, live = distributed.rank_part(micro_idx, run.rank, run.world)
-        b = run.splits["train"].batch(part, run.pad_id, run.device)
-        with run.seq.no_sync() if run.mode == "DDP" and m < len(micro) - 1 else contextlib.nullcontext():
-            summed, micro_sums = batch_loss(run, run.seq, b, live)
-            (summed * (live * run.world / denominator)).backward()  # DDP/FSDP average over ranks, hence * world
-        sums = add_sums(sums, micro_sums)
+        b = split.batch(part, run.pad_id, run.device)
+        last = m == len(micro) - 1  # DDP: all-reduce the gradients once, in the last backward
+        with run.seq.no_sync() if run.mode is distributed.Distribution.DDP and not last else contextlib.nullcontext():
+            loss, n, stats = batch_loss(run, run.seq, b)
+            (loss * n * (live * run.world / N)).backward()
+        sums = add_sums(sums, metric_sums(loss, n, stats, b, len(part), live))
     sums = distributed.reduce_sums(sums, run.world)
     grad_norm = nn.utils.clip_grad_norm_(run.params, args.max_grad_norm) if args.max_grad_norm > 0 else torch.tensor(0.)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
@@ -352,12 +405,20 @@ def train_step(run, step_idx):
 # Training
 
 
-def train(args, progress=None):
-    """The whole run: data, models, scores, then the loop; progress (a dict) tracks the saved step for main()."""
-    t_start = time.time()
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C once the run is built: carries the run, so that main() can name its last saved step."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+
+def setup(args, log):
+    """Data, models, scores and token ids -> the complete Run (build_run), resumed from --out with --resume."""
     device = distributed.pick_device(args.device)
     rank, world = distributed.init_distributed(device)
-    log = print if rank == 0 else (lambda *a, **k: None)
+    if rank != 0:
+        log = lambda *a, **k: None  # noqa: E731
     kernels.select_block_path(args.kernels, device.type, log)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -367,7 +428,7 @@ def train(args, progress=None):
     train_pairs, val_pairs, population = pairs.load_pairs(args, log)
 
     # 2. models: policy and reference (the frozen reference of LoRA is the policy with LoRA off)
-    dtype = weights_dtype(args, device)
+    dtype = weights_dtype(args.dtype, args.lora_rank > 0, device)
     policy, tokenizer = load_model(args.model, device, dtype)
     ref_model = load_model(args.ref_model, device, dtype)[0] if args.ref_model and args.objective == "crpo" else None
     if ref_model is not None and ref_model.config.vocab_size != policy.config.vocab_size:
@@ -385,23 +446,46 @@ def train(args, progress=None):
             + f" (on {args.weight_on})" if active else "none (plain DPO, c = 1)"))
     splits = pairs.tokenize_splits(train_pairs, val_pairs, tokenizer, lambdas, args, log)
 
-    # 4. LoRA / reference / checkpointing / distribution / optimizer; then resume
-    run = Run(args, device, rank, world, policy, tokenizer, splits, lambdas)
-    prepare(run, ref_model, log)
-    if args.precompute_ref and not run.sft:
-        precompute_reference(run)
-    n_train, step_pairs = len(splits["train"].pairs), args.batch_size * args.grad_accum
+    # 4. LoRA / reference / checkpointing / distribution / optimizer; then --out: the command, and --resume's state
+    run = build_run(args, device, rank, world, policy, tokenizer, splits, lambdas, ref_model, log)
+    outputs.record_command(args.out, run.main)
+    outputs.resume(run, log)  # weights, optimizer, RNG and step / epoch / pos of train_state.pt
+    return run
+
+
+def train(args):
+    """The whole run: setup, the loop, then the final state, validation, model and summary."""
+    t_start = time.time()
+    run = setup(args, print)
+    log = print if run.main else (lambda *a, **k: None)
+    try:
+        last_train, last_val = loop(run, log)
+        if args.final_state:
+            outputs.save_state(run)
+        elif run.main and os.path.isfile(run.path(outputs.STATE_FILE)):
+            os.remove(run.path(outputs.STATE_FILE))  # a mid-run state would not match the final model
+        if run.splits["val"].pairs:
+            last_val = validate(run)
+        outputs.export_final(run)
+        outputs.draw_curves(args.out, run.main)
+    except KeyboardInterrupt:
+        raise Interrupted(run) from None
+    distributed.barrier(run.world)
+    log(outputs.summary(run, time.time() - t_start, last_train, last_val))
+    return 0
+
+
+def loop(run, log):
+    """The training loop: optimizer steps until --max-steps (or --epochs), logging, saving and validating on the
+    way. Each epoch visits the training pairs in an order fixed by (seed, epoch), so a resumed run continues with
+    the very batches the uninterrupted one would have seen. -> (last train metrics row, last val row)."""
+    args = run.args
+    n_train, step_pairs = len(run.splits["train"].pairs), args.batch_size * args.grad_accum
     steps_per_epoch = math.ceil(n_train / step_pairs)
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     log(f"{total_steps} steps of {step_pairs} {'sequences' if run.sft else 'pairs'}, peak lr {args.lr:g}")
-    outputs.record_command(run)
-    outputs.resume(run, log)
-    if progress is not None:
-        progress["run"] = run
-
-    # 5. the loop
+    window, window_time, last_train, last_val = {}, 0.0, None, None  # metric sums since the last logged step
     with tqdm(total=total_steps, initial=run.step, desc=args.objective, disable=not run.main, dynamic_ncols=True) as bar:
-        window, window_time, last_train, last_val = {}, 0.0, None, None  # metric sums since the last logged step
         while run.step < total_steps:
             order = np.random.default_rng([args.seed, run.epoch]).permutation(n_train)  # f(seed, epoch) only
             step_idx = order[run.pos * step_pairs:(run.pos + 1) * step_pairs]
@@ -426,21 +510,9 @@ def train(args, progress=None):
             bar.update(1)
             if args.save_every > 0 and run.step % args.save_every == 0 and run.step < total_steps:
                 outputs.save_state(run)
-            if splits["val"].pairs and args.eval_every > 0 and run.step % args.eval_every == 0 and run.step < total_steps:
+            if run.splits["val"].pairs and args.eval_every > 0 and run.step % args.eval_every == 0 and run.step < total_steps:
                 last_val = validate(run)
-
-    # 6. the end: state, validation, final model, summary
-    if args.final_state:
-        outputs.save_state(run)
-    elif run.main and os.path.isfile(run.path(outputs.STATE_FILE)):
-        os.remove(run.path(outputs.STATE_FILE))  # a mid-run state would not match the final model
-    if splits["val"].pairs:
-        last_val = validate(run)
-    outputs.export_final(run)
-    outputs.draw_curves(run)
-    distributed.barrier(world)
-    log(outputs.summary(run, time.time() - t_start, last_train, last_val))
-    return 0
+    return last_train, last_val
 
 
 def progress_numbers(row, sums):
@@ -455,16 +527,15 @@ def progress_numbers(row, sums):
 
 def main(argv=None):
     args = parse_args(argv)
-    progress = {}
     try:
-        return train(args, progress)
+        return train(args)
     except (data.DataError, model.ModelError, CrpoError, distributed.LaunchError, outputs.ResumeError) as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # one line: where the run stands and the command that continues it
+    except KeyboardInterrupt as e:  # one line: where the run stands and the command that continues it
         if int(os.environ.get("RANK", "0")) == 0:
-            print("\n" + outputs.interrupted(progress.get("run"), argv), file=sys.stderr)
+            print("\n" + outputs.interrupted(getattr(e, "run", None), argv), file=sys.stderr)
         return 130
     finally:
         if dist.is_initialized():

@@ -1,4 +1,5 @@
-"""Data for CrPO: read and validate JSON Lines, build preference pairs, tokenize, batch (splits: splits.py).
+"""Data for CrPO: read and validate JSON Lines rows, build preference pairs (splits: splits.py; token ids and
+batches: tokenizer.py, re-exported here).
 
     rows, report = read_rows("muce.jsonl")                 # validated rows + what was read/kept/skipped
     pairs, stats = build_pairs(rows, min_margin=1.0)       # (prompt, chosen, rejected) from ratings
@@ -10,8 +11,9 @@
 Two row kinds, one per file (the kind of the first good row):
 - rating rows (MuCE style): {"prompt", "response", "score", "task"?, "item"?, "language"?, ...}; MuCE's
   column names are aliases: FullPrompt/Prompt -> prompt, Response -> response, facsco_grm_scaled -> score,
-  TasksNamesFull -> task, Language -> language, Dataset -> dataset. Precomputed creativity scores
-  ("novelty", "diversity", "surprise", "quality", as score.py writes them) ride along into the pairs.
+  TasksNamesFull -> task, Language -> language, Dataset -> dataset. Precomputed creativity scores (a column
+  per registered dimension, registry.DIMENSIONS: "novelty", "diversity", ..., as score.py writes them) ride
+  along into the pairs.
 - preference rows (TRL style): {"prompt", "chosen", "rejected"}, each a string or a list of chat messages
   [{"role", "content"}], optionally with "novelty_chosen", "novelty_rejected", "diversity_chosen", ...
 
@@ -202,6 +204,39 @@ def _parse_preference(obj, score_columns=()):
     return row
 
 
+def _parse_line(raw, file_kind, score_columns):
+    """One non-blank line (bytes) -> (kind, the JSON object, the parsed row); _BadRow names what is wrong.
+    file_kind: the kind set by the file's first good row (None before it)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _BadRow("not UTF-8", f"not valid UTF-8 (byte {e.start + 1} of the line)") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _BadRow("not JSON", f"not valid JSON: {e.msg} at column {e.colno}") from None
+    if not isinstance(obj, dict):
+        raise _BadRow("not a JSON object", f"expected a JSON object {{...}}, got {_json_type(obj)}")
+    kind = "preference" if ("chosen" in obj or "rejected" in obj) else "rating"
+    if file_kind is not None and kind != file_kind:
+        raise _BadRow("other row kind", f"a {kind} row in a file of {file_kind} rows "
+                                        f"(one kind per file, set by the first good row)")
+    return kind, obj, (_parse_preference(obj, score_columns) if kind == "preference" else _parse_rating(obj, score_columns))
+
+
+def _merge_duplicates(rows, merged, score_columns):
+    """Each first row of a duplicated (prompt, response) gets the mean of its duplicates' score and creativity
+    scores, and "merged_lines"; merged: {index into rows: [the duplicate rows, the first included]}."""
+    for i, group in merged.items():
+        first = rows[i]
+        first["score"] = sum(r["score"] for r in group) / len(group)
+        for name in score_columns:
+            values = [r[name] for r in group if name in r]
+            if values:
+                first[name] = sum(values) / len(values)
+        first["merged_lines"] = [r["line"] for r in group]
+
+
 def read_rows(path, *, skip_bad_rows=False, score_columns=(), split_column=None):
     """Read a JSON Lines file (or a gzipped one, .jsonl.gz) of rating or preference rows -> (rows, ReadReport).
 
@@ -234,22 +269,7 @@ def read_rows(path, *, skip_bad_rows=False, score_columns=(), split_column=None)
             continue
         report.read += 1
         try:
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise _BadRow("not UTF-8", f"not valid UTF-8 (byte {e.start + 1} of the line)") from None
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise _BadRow("not JSON", f"not valid JSON: {e.msg} at column {e.colno}") from None
-            if not isinstance(obj, dict):
-                raise _BadRow("not a JSON object", f"expected a JSON object {{...}}, got {_json_type(obj)}")
-            kind = "preference" if ("chosen" in obj or "rejected" in obj) else "rating"
-            if report.kind is not None and kind != report.kind:
-                raise _BadRow("other row kind", f"a {kind} row in a file of {report.kind} rows "
-                                                f"(one kind per file, set by the first good row)")
-            row = (_parse_preference(obj, score_columns) if kind == "preference"
-                   else _parse_rating(obj, score_columns))
+            kind, obj, row = _parse_line(raw, report.kind, score_columns)
         except _BadRow as bad:
             message = f"{path}:{lineno}: {bad.detail}"
             if not skip_bad_rows:
@@ -274,15 +294,7 @@ def read_rows(path, *, skip_bad_rows=False, score_columns=(), split_column=None)
             first_row_of[key] = len(rows)
         rows.append(row)
 
-    for i, group in merged.items():  # mean over the duplicates of each numeric score they carry
-        first = rows[i]
-        first["score"] = sum(r["score"] for r in group) / len(group)
-        for name in score_columns:
-            values = [r[name] for r in group if name in r]
-            if values:
-                first[name] = sum(values) / len(values)
-        first["merged_lines"] = [r["line"] for r in group]
-
+    _merge_duplicates(rows, merged, score_columns)
     report.kept = len(rows)
     report.prompts = len({prompt_key(r["prompt"]) for r in rows})
     if report.read == 0:
@@ -385,16 +397,7 @@ def build_pairs(rows, *, min_margin=0.0, max_pairs_per_response=None, length_bal
     stats = {"kind": kinds.pop() if kinds else "rating", "rows": len(rows), "length_dropped": 0}
     pairs = []
     if stats["kind"] == "preference":
-        identical = 0
-        for r in rows:
-            if r["chosen"].strip() == r["rejected"].strip():
-                identical += 1
-                continue
-            p = {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
-                 "score_chosen": r.get("score_chosen"), "score_rejected": r.get("score_rejected")}
-            p.update({k: r[k] for k in r if k.endswith(("_chosen", "_rejected")) and k.rsplit("_", 1)[0] in score_columns})
-            pairs.append(p)
-        stats.update(prompts=len({prompt_key(r["prompt"]) for r in rows}), identical_dropped=identical)
+        pairs = _preference_pairs(rows, score_columns, stats)
     else:
         groups = {}  # prompt_key -> its rows
         for r in rows:
@@ -442,28 +445,49 @@ def build_pairs(rows, *, min_margin=0.0, max_pairs_per_response=None, length_bal
     stats["equal_length"] = len(pairs) - stats["chosen_longer"] - stats["chosen_shorter"]
     stats["pairs"] = len(pairs)
     if not pairs:
-        if stats["kind"] == "preference":
-            why = f"{stats['identical_dropped']} rows with chosen == rejected"
-            todo = "give chosen and rejected different texts"
-        else:
-            why = (f"{stats['prompts']} prompts ({stats['single_response_prompts']} with a single response), "
-                   f"{stats['equal_score']:,} pairs with equal scores, {stats['below_margin']:,} below "
-                   f"--min-margin {min_margin:g}")
-            todo = ("lower --min-margin, or give each prompt several responses with different scores"
-                    if stats["below_margin"] else "give each prompt several responses with different scores")
-            if stats["below_min_score"] or stats["above_max_margin"]:
-                lo, hi = min(r["score"] for r in rows), max(r["score"] for r in rows)
-                if min_score is not None:
-                    why += f", {stats['below_min_score']:,} with a response below --min-score {min_score:g}"
-                if max_margin is not None:
-                    why += f", {stats['above_max_margin']:,} above --max-margin {max_margin:g}"
-                todo = (f"thresholds are in the file's own score scale, here {lo:g} to {hi:g}: pass --min-score, "
-                        f"--min-margin and --max-margin in that scale")
-        if stats["length_dropped"]:
-            why += f", {stats['length_dropped']} dropped by --length-balance"
-            todo += ", or drop --length-balance"
-        raise DataError(f"{source}: no preference pairs: {why} ({todo})")
+        raise DataError(_no_pairs_message(rows, stats, source, min_margin, min_score, max_margin))
     return pairs, stats
+
+
+def _preference_pairs(rows, score_columns, stats):
+    """Preference rows as pairs (their creativity score columns kept); rows with chosen == rejected are dropped
+    and counted in stats["identical_dropped"]."""
+    pairs, identical = [], 0
+    for r in rows:
+        if r["chosen"].strip() == r["rejected"].strip():
+            identical += 1
+            continue
+        p = {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
+             "score_chosen": r.get("score_chosen"), "score_rejected": r.get("score_rejected")}
+        p.update({k: r[k] for k in r if k.endswith(("_chosen", "_rejected")) and k.rsplit("_", 1)[0] in score_columns})
+        pairs.append(p)
+    stats.update(prompts=len({prompt_key(r["prompt"]) for r in rows}), identical_dropped=identical)
+    return pairs
+
+
+def _no_pairs_message(rows, stats, source, min_margin, min_score, max_margin):
+    """Why build_pairs made no pairs, and what to do, in one line (the DataError's message)."""
+    if stats["kind"] == "preference":
+        why = f"{stats['identical_dropped']} rows with chosen == rejected"
+        todo = "give chosen and rejected different texts"
+    else:
+        why = (f"{stats['prompts']} prompts ({stats['single_response_prompts']} with a single response), "
+               f"{stats['equal_score']:,} pairs with equal scores, {stats['below_margin']:,} below "
+               f"--min-margin {min_margin:g}")
+        todo = ("lower --min-margin, or give each prompt several responses with different scores"
+                if stats["below_margin"] else "give each prompt several responses with different scores")
+        if stats["below_min_score"] or stats["above_max_margin"]:
+            lo, hi = min(r["score"] for r in rows), max(r["score"] for r in rows)
+            if min_score is not None:
+                why += f", {stats['below_min_score']:,} with a response below --min-score {min_score:g}"
+            if max_margin is not None:
+                why += f", {stats['above_max_margin']:,} above --max-margin {max_margin:g}"
+            todo = (f"thresholds are in the file's own score scale, here {lo:g} to {hi:g}: pass --min-score, "
+                    f"--min-margin and --max-margin in that scale")
+    if stats["length_dropped"]:
+        why += f", {stats['length_dropped']} dropped by --length-balance"
+        todo += ", or drop --length-balance"
+    return f"{source}: no preference pairs: {why} ({todo})"
 
 
 def pairs_summary(stats):

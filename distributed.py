@@ -5,6 +5,7 @@ Every rank takes its slice of the same global batch (rank_part), forwards run th
 The training state is always saved as full (unsharded) CPU tensors, so a run resumes on any number of
 processes. With one process (WORLD_SIZE unset) every function here is a no-op or plain PyTorch.
 """
+import enum
 import os
 import random
 
@@ -17,6 +18,15 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 
 from model import sequence_logps
+
+
+class Distribution(enum.Enum):
+    """How the policy is spread over processes: one process (NONE), DDP (LoRA: every rank holds the whole model
+    and averages the adapters' gradients) or FSDP2 (full fine-tuning: weights, gradients and optimizer state
+    sharded per transformer block)."""
+    NONE = "none"
+    DDP = "DDP"
+    FSDP2 = "FSDP2"
 
 
 class LaunchError(Exception):
@@ -99,13 +109,15 @@ def shard_fsdp(module, world, device):
 
 
 def wrap(seq, ref_seq, *, world, lora, device):
-    """DDP for LoRA, FSDP2 for full fine-tuning, nothing for one process -> (seq, ref_seq, mode)."""
+    """DDP for LoRA, FSDP2 for full fine-tuning, nothing for one process -> (seq, ref_seq, Distribution)."""
     if world == 1:
-        return seq, ref_seq, None
+        return seq, ref_seq, Distribution.NONE
     if lora:
         ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(seq, device_ids=ids, broadcast_buffers=False), ref_seq, "DDP"
-    return shard_fsdp(seq, world, device), shard_fsdp(ref_seq, world, device), "FSDP2"
+        ddp = nn.parallel.DistributedDataParallel(seq, device_ids=ids, broadcast_buffers=False)
+        return ddp, ref_seq, Distribution.DDP
+    ref_seq = None if ref_seq is None else shard_fsdp(ref_seq, world, device)  # sft has no reference
+    return shard_fsdp(seq, world, device), ref_seq, Distribution.FSDP2
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -57,7 +56,7 @@ from model import ModelError
 
 OTHER_METRICS = ("distinct", "length", "distinct_1", "distinct_2", "pref_accuracy")  # after the score dimensions
 # Two generations are one "class" when their embeddings' cosine is >= this. Calibrated with
-# benchmarks/calibrate_distinct.py (results/distinct_calibration.json, README): 12 real prompts x k=8 x 48 tokens of
+# experiments/calibrate_distinct.py (results/distinct_calibration.json, README): 12 real prompts x k=8 x 48 tokens of
 # the default model at temperatures 0.3 and 1.0; the threshold whose intervals lie furthest apart (upper bound at
 # 0.3 vs lower bound at 1.0). At the old 0.9, every sample at 1.0 was its own class (distinct 1.0 [1.0, 1.0]).
 DISTINCT_THRESHOLD = 0.5
@@ -315,17 +314,6 @@ def markdown_report(out, n_examples=3):
     return "\n".join(lines)
 
 
-def git_revision():
-    root = os.path.dirname(os.path.abspath(__file__))
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, timeout=10)
-        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 # ----------------------------------------------------------------------------------------------------
 # CLI
 
@@ -476,7 +464,7 @@ def run(args):
         print(f"{name}: generated {len(prompts) * args.k} texts in {t_gen:.1f} s, scored in {t_score:.1f} s"
               + (f", preference accuracy on {len(pairs)} pairs in {t_pref:.1f} s" if pairs else ""))
         del m, tok
-    config = dict(vars(args), n_prompts=len(prompts), n_pref_pairs=len(pairs), git_revision=git_revision(),
+    config = dict(vars(args), n_prompts=len(prompts), n_pref_pairs=len(pairs), git_revision=files.git_revision()[0],
                   novelty_reference="the human responses of each prompt" if reference else "the generations of each prompt",
                   distinct_method="greedy: join the first class whose representative has cosine >= threshold",
                   scorer_name=scorer_tok.name, encoder_name=str(encoder.name), timing=timing,

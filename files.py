@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import subprocess
 
 import numpy as np
 
@@ -115,3 +116,18 @@ def json_safe(x):
     if isinstance(x, np.integer):
         return int(x)
     return x
+
+
+def git_revision(root=os.path.dirname(os.path.abspath(__file__))):
+    """(HEAD + "-dirty" when tracked files differ from it, [the differing files]) of the repository at root: the
+    tree a run used. (None, []) outside a git checkout or without git."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None, []
+    if rev.returncode != 0:
+        return None, []
+    dirty = [line[3:] for line in status.stdout.split("\n") if line.strip()]
+    return rev.stdout.strip() + ("-dirty" if dirty else ""), dirty

@@ -109,12 +109,6 @@ def rope_frequencies(config):
     return inv_freq.float()
 
 
-def apply_rope(x, cos, sin):
-    """Rotate pairs (x_i, x_{i+d/2}) by angle p * theta_i (half-split layout, as HF checkpoints store q/k).
-    Attention rotates q and k together with kernels.rope (one fused kernel on CUDA)."""
-    return kernels.torch_block.rotate_half_split(x, cos, sin)
-
-
 class Attention(nn.Module):
     def __init__(self, c):
         super().__init__()

@@ -32,7 +32,7 @@ t = (y - mean_x y) / sd_x y (only the order inside a prompt is asked of the scor
 
 Validity: prompt-grouped cross-validation (no prompt on both sides of a fold), mean per-prompt Spearman with the
 human rating, and the partial Spearman with length held fixed.
-    python originality.py fit --data data/dt_ratings.jsonl.gz --out scorers/originality
+    python score.py fit --data data/dt_ratings.jsonl.gz --out scorers/originality
 
 Measured (data/dt_ratings.jsonl.gz, 44 prompts, 5 prompt-grouped folds, seed 0): mean per-prompt Spearman
 +0.618 +- 0.019 (partial, length in chars held fixed, +0.572), beside length +0.277 and diversity +0.183;
@@ -40,11 +40,9 @@ before the answer head (2 MLPs, no negatives) +0.621: the price of rating nonsen
 Earlier choices: ridge alone +0.596; unweighted rows +0.614; seed-1 folds +0.620.
 On a task left out of training: 0.466 (alternate uses) to 0.607 (sentence completion); before 0.47-0.63.
 """
-import argparse
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -532,69 +530,30 @@ def format_table(table):
 
 
 # ----------------------------------------------------------------------------------------------------
-# command line: python score.py fit --data RATINGS --out DIR [--folds K] [--seed S]
+# a scorer folder: python score.py fit --scorer originality (fit.py) calls this
 
-def main(argv=None):
-    """python score.py fit --data RATINGS --out DIR [--folds K] [--seed S] [--encoder PATH] (score.py's `fit`
-    calls this as originality.fit_main; the encoder and data modules load here only)."""
-    ap = argparse.ArgumentParser(prog="score.py fit", description="Fit the originality scorer on rating rows: "
-                                 "prompt-grouped cross-validation report, then a fit on all prompts written to --out.")
-    ap.add_argument("--data", required=True, help="rating rows (JSON Lines, .gz ok): prompt, response, score[, task]")
-    ap.add_argument("--out", required=True, help="folder for model.safetensors and card.json")
-    ap.add_argument("--folds", type=int, default=5, help="prompt-grouped CV folds (0: skip the CV report)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--encoder", default=None, help="sentence encoder folder (default: the embedded all-MiniLM-L6-v2)")
-    ap.add_argument("--skip-bad-rows", action="store_true")
-    ap.add_argument("--cache-dir", help="embedding cache (default: $CRPO_CACHE or .cache/crpo)")
-    ap.add_argument("--negatives", type=float, default=Config.negatives,
-                    help="negatives of each probe kind per prompt, as a share of its answers (0: none)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = ap.parse_args(argv)
-    if args.folds == 1 or args.folds < 0:
-        ap.error(f"--folds {args.folds}: use 0 (no CV) or at least 2")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    import data
-    import encoder as sentence_encoder
-    try:
-        rows, report = data.read_rows(args.data, skip_bad_rows=args.skip_bad_rows)
-    except data.DataError as e:
-        sys.exit(f"error: {e}")
-    print(report.summary())
-    if report.kind != "rating":
-        sys.exit(f"error: {args.data}: {report.kind} rows; `fit` needs rating rows (prompt, response, score)")
-    if args.folds > report.prompts:
-        sys.exit(f"error: --folds {args.folds}: {args.data} has only {report.prompts} prompts "
-                 f"(use --folds {report.prompts} or fewer, 0 to skip the CV report)")
+def fit_and_save(rows, out, *, encoder, data_path, folds=5, seed=0, cache_dir=None, negatives=Config.negatives,
+                 log=print):
+    """Fit the scorer on rating rows and write it to the folder `out` (model.safetensors, card.json): first a
+    prompt-grouped `folds`-fold cross-validation report (folds = 0 skips it), then the fit on all prompts. The card
+    records the data file (name, sha256), the encoder, the CV table and the wall times."""
     t0 = time.time()
-    try:
-        encoder = sentence_encoder.load_encoder(args.encoder)
-    except (ValueError, OSError) as e:  # model.ModelError is a ValueError
-        sys.exit(f"error: --encoder: {e}")
-    embed = disk_embed(encoder, args.cache_dir)
-    config = Config(seed=args.seed, negatives=args.negatives)
+    embed = disk_embed(encoder, cache_dir)
+    config = Config(seed=seed, negatives=negatives)
     groups = group_rows(rows)
     feats = featurise(groups, embed, config)
-    print(f"features of {len(rows):,} responses in {len(groups)} prompt groups: {time.time() - t0:.0f} s")
+    log(f"features of {len(rows):,} responses in {len(groups)} prompt groups: {time.time() - t0:.0f} s")
     table = None
-    if args.folds:
+    if folds:
         t1 = time.time()
-        table = cross_validate(rows, embed, k=args.folds, seed=args.seed, config=config, feats=feats)
+        table = cross_validate(rows, embed, k=folds, seed=seed, config=config, feats=feats)
         table["wall_s"] = round(time.time() - t1, 1)
-        print(f"cross-validation: {table['wall_s']:.0f} s")
+        log(f"cross-validation: {table['wall_s']:.0f} s")
     t1 = time.time()
     fitted = fit(rows, embed, config, feats=feats)
-    fitted.card.update({"data_file": os.path.basename(args.data), "data_sha256": file_sha256(args.data),
+    fitted.card.update({"data_file": os.path.basename(data_path), "data_sha256": file_sha256(data_path),
                         "encoder": getattr(encoder, "name", "encoder"), "cv": table,
                         "fit_wall_s": round(time.time() - t1, 1), "features": feature_names(encoder.config.dim, config)})
-    save(fitted, args.out)
-    print(f"final fit on {len(groups)} prompts: {time.time() - t1:.0f} s; wrote {args.out}/model.safetensors, card.json")
-
-
-fit_main = main
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "fit":
-        main(sys.argv[2:])
-    else:
-        sys.exit("usage: python originality.py fit --data RATINGS --out DIR [--folds K] [--seed S]")
+    save(fitted, out)
+    log(f"final fit on {len(groups)} prompts: {time.time() - t1:.0f} s; wrote {out}/model.safetensors, card.json")
+    return fitted

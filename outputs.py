@@ -30,13 +30,12 @@ class ResumeError(Exception):
     """--resume cannot continue (no state, or a state from other flags): the message says what to do."""
 
 
-
-
 def save_state(run):
-    """train_state.pt, atomically (write, then rename): weights, optimizer, schedule, RNG, data position."""
+    """train_state.pt, atomically (write, then rename): weights, optimizer, RNG, data position and the flags
+    (the learning rate is a function of the step, crpo.learning_rate; older states also hold a "scheduler" entry,
+    which nothing reads)."""
     state = distributed.gather_training_state(run.state_root, run.opt, run.lora)
-    state.update(step=run.step, epoch=run.epoch, pos=run.pos, args=vars(run.args),
-                 scheduler={"step": run.step, "lr": run.args.lr, "warmup_steps": run.args.warmup_steps})
+    state.update(step=run.step, epoch=run.epoch, pos=run.pos, args=vars(run.args))  # lr: learning_rate(step)
     if run.main:
         save_atomic(state, run.path(STATE_FILE))
     distributed.barrier(run.world)
@@ -81,7 +80,7 @@ def export_final(run):
     """Final model in HF layout in --out (LoRA merged in; the adapter, recording its base, in --out/adapter).
     Written to a temp folder first, then each file moved in with os.replace. FSDP2: gathered on rank 0."""
     policy = run.policy
-    if run.mode == "FSDP2":
+    if run.mode is distributed.Distribution.FSDP2:
         full = distributed.full_weights(run.seq)
         if not run.main:
             return
@@ -137,22 +136,24 @@ def summary(run, seconds, last_train, last_val):
     return "\n".join(lines)
 
 
-def draw_curves(run):
-    """--out/curves.png from metrics.jsonl when matplotlib is installed (training never requires it)."""
-    if run.main and plot.have_matplotlib():
-        plot.draw_curves(plot.curve_series(plot.read_metrics(run.path(METRICS_FILE))), run.path("curves.png"),
-                         title=run.args.out)
+def draw_curves(out, main=True):
+    """out/curves.png from out/metrics.jsonl when matplotlib is installed (training never requires it); main:
+    whether this process writes (rank 0)."""
+    if main and plot.have_matplotlib():
+        plot.draw_curves(plot.curve_series(plot.read_metrics(os.path.join(out, METRICS_FILE))),
+                         os.path.join(out, "curves.png"), title=out)
 
 
 def command_line(argv=None):
     return shlex.join([sys.executable, *sys.argv] if argv is None else [sys.executable, "crpo.py", *argv])
 
 
-def record_command(run):
-    """--out/command.txt: the command that started the run (what a resume repeats)."""
-    if run.main:
-        os.makedirs(run.args.out, exist_ok=True)
-        with open(run.path(COMMAND_FILE), "w") as f:
+def record_command(out, main=True):
+    """out/command.txt: the command that started the run (what a resume repeats); main: whether this process
+    writes (rank 0)."""
+    if main:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, COMMAND_FILE), "w") as f:
             f.write(command_line() + "\n")
 
 

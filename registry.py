@@ -8,12 +8,21 @@ parser is built).
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class ScorerArg:
+    """The argument a scorer variant takes after its name (`--quality rm PATH`): what it is, and whether it may be
+    left out (`--originality model [DIR]`: the shipped scorer when absent)."""
+    name: str
+    optional: bool = False
+
+    def __str__(self):
+        return f"[{self.name}]" if self.optional else self.name
+
+
 @dataclass
-
-
 class Dimension:
     """A creativity dimension: crpo.py's --lambda-<name> and --score-<name>, score.py's --<name> come from here.
-    scorers: variant -> fn(groups, ctx) -> [raw np.ndarray per group]; arg: variant -> what its argument is."""
+    scorers: variant -> fn(groups, ctx) -> [raw np.ndarray per group]; arg: variant -> its ScorerArg (or None)."""
     name: str
     default_lambda: float
     help: str
@@ -33,8 +42,8 @@ def dimension(name, *, default_lambda=0.0, help="", paper=False):
 
 
 def scorer(dim, variant, *, default=False, arg=None):
-    """Decorator: fn(groups, ctx) -> [raw np.ndarray per group] computes `dim` as `variant`. arg names the
-    variant's argument ("PATH", "NAME"; "[DIR]" = optional), written after the variant: `--quality rm PATH`."""
+    """Decorator: fn(groups, ctx) -> [raw np.ndarray per group] computes `dim` as `variant`. arg: the variant's
+    ScorerArg (ScorerArg("PATH"), ScorerArg("DIR", optional=True)), written after it: `--quality rm PATH`."""
     def register(fn):
         d = DIMENSIONS[dim]
         d.scorers[variant], d.arg[variant] = fn, arg
@@ -54,7 +63,7 @@ def parse_variant(dim, spec=None):
     parts = tuple(spec.split(None, 1) if isinstance(spec, str) else spec or (d.default,))
     variant, arg = parts[0], (parts[1] if len(parts) > 1 else None)
     need = d.arg.get(variant)
-    if variant not in d.scorers or len(parts) > 2 or (arg is None and need and not need.startswith("[")) \
+    if variant not in d.scorers or len(parts) > 2 or (arg is None and need and not need.optional) \
             or (arg is not None and not need):
         choices = ", ".join(v + (f" {d.arg[v]}" if d.arg[v] else "") for v in d.scorers)
         raise ValueError(f"{dim}: {' '.join(map(str, parts))!r} is not a scorer (choose from: {choices})")

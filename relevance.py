@@ -21,12 +21,10 @@ the same task) and probes.py's gibberish, random words and unrelated text (style
 Validity: prompt-grouped cross-validation AUC of human answers to a prompt against answers to other
 prompts (the prompts of a held-out fold are never seen in fitting, nor their answers used as negatives).
 
-    python relevance.py fit --data data/dt_ratings.jsonl.gz --out scorers/relevance
+    python score.py fit --scorer relevance --data data/dt_ratings.jsonl.gz --out scorers/relevance
 """
-import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -214,7 +212,7 @@ def load(path):
     """(model, card) from a folder save wrote (card.json holds the weights: 14 coefficients)."""
     file = os.path.join(path, "card.json")
     if not os.path.exists(file):
-        raise FileNotFoundError(f"{path}: no card.json (expected a folder written by `python relevance.py fit`)")
+        raise FileNotFoundError(f"{path}: no card.json (expected a folder written by `python score.py fit --scorer relevance`)")
     with open(file) as f:
         card = json.load(f)
     weights = card["weights"]
@@ -234,43 +232,21 @@ def default_path():
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "scorers", "relevance")
 
 
-def main(argv=None):
-    """python relevance.py fit --data RATINGS --out DIR [--folds K] [--seed S] [--cache-dir DIR]."""
-    ap = argparse.ArgumentParser(prog="relevance.py fit", description="Fit the relevance scorer on rating rows: "
-                                 "prompt-grouped CV AUC report, then a fit on all prompts written to --out.")
-    ap.add_argument("--data", required=True, help="rating rows (JSON Lines, .gz ok): prompt, response, score[, task]")
-    ap.add_argument("--out", required=True, help="folder for card.json (weights and CV report)")
-    ap.add_argument("--folds", type=int, default=5, help="prompt-grouped CV folds (0: skip the CV report)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache-dir", help="embedding cache (default: $CRPO_CACHE or .cache/crpo)")
-    args = ap.parse_args(argv)
-    import data
-    import encoder as sentence_encoder
-    try:
-        rows, report = data.read_rows(args.data)
-    except data.DataError as e:
-        sys.exit(f"error: {e}")
-    print(report.summary())
-    if report.kind != "rating":
-        sys.exit(f"error: {args.data}: {report.kind} rows; relevance fit needs rating rows (prompt, response, score)")
-    encoder = sentence_encoder.load_encoder(None)
-    embed = disk_embed(encoder, args.cache_dir)
+def fit_and_save(rows, out, *, encoder, data_path, folds=5, seed=0, cache_dir=None, log=print):
+    """Fit the scorer on rating rows and write it to the folder `out` (card.json: weights, training prompts, data
+    file and sha256, encoder, threshold): first a prompt-grouped `folds`-fold CV AUC report (folds = 0 skips it),
+    then the fit on all prompts. python score.py fit --scorer relevance (fit.py) calls this."""
+    embed = disk_embed(encoder, cache_dir)
     groups = originality.group_rows(rows)
     table = None
     t0 = time.time()
-    if args.folds:
-        table = cross_validate(groups, embed, k=args.folds, seed=args.seed)
-        print(json.dumps(table["overall"], indent=1))
-    model = fit(groups, list(groups), embed, args.seed)
-    card = {"training_prompts": list(groups), "data_file": os.path.basename(args.data),
-            "data_sha256": originality.file_sha256(args.data), "encoder": getattr(encoder, "name", "encoder"),
+    if folds:
+        table = cross_validate(groups, embed, k=folds, seed=seed)
+        log(json.dumps(table["overall"], indent=1))
+    model = fit(groups, list(groups), embed, seed)
+    card = {"training_prompts": list(groups), "data_file": os.path.basename(data_path),
+            "data_sha256": originality.file_sha256(data_path), "encoder": getattr(encoder, "name", "encoder"),
             "threshold": THRESHOLD, "cv": table, "wall_s": round(time.time() - t0, 1)}
-    save(model, card, args.out)
-    print(f"wrote {args.out}/card.json ({time.time() - t0:.0f} s)")
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "fit":
-        main(sys.argv[2:])
-    else:
-        sys.exit("usage: python relevance.py fit --data RATINGS --out DIR [--folds K] [--seed S]")
+    save(model, card, out)
+    log(f"wrote {out}/card.json ({time.time() - t0:.0f} s)")
+    return model, card

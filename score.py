@@ -20,6 +20,8 @@ sentence embedding and d(u, v) = 1 - cos(u, v) (the math lives in measures.py).
                                                                            (--quality judge, default)
                  = reward model score head on the last token               (--quality rm PATH)
                  = a numeric field of the data                             (--quality field NAME)
+    originality(r) = the human originality rating predicted by originality.py's fitted model (--originality
+                   model [DIR]; default: the shipped scorers/originality)
     relevance(r) = p(r answers the prompt), relevance.py's model; with --gate [THRESHOLD] (default 0.5) a
                    response below it gets the group's minimum of every other raw score (off-topic is never rare)
 
@@ -29,6 +31,7 @@ Expensive values (sentence/word embeddings, perplexities, judge and reward score
 per (scorer, model, text) (cache.py), so a second run recomputes nothing.
 
     python score.py --data ratings.jsonl --out scored.jsonl [--dims novelty,diversity,...]
+    python score.py fit [--scorer originality|relevance] --data RATINGS --out DIR     (fit.py: the learned scorers)
 """
 import argparse
 import functools
@@ -54,7 +57,7 @@ from measures import NORMALIZE, centroid_novelty, diversity, dsi_novelty, unit_r
 from lm_scores import (JUDGE_QUESTION, conversation_ids, conversation_perplexity, judge, judge_prompt,  # noqa: F401
                        last_token_scores, load_reward_model, perplexity, reward)  # (public through score too)
 from model import ModelError
-from registry import DIMENSIONS, paper_dims, parse_variant, scorer
+from registry import DIMENSIONS, ScorerArg, paper_dims, parse_variant, scorer
 
 def embed_texts(encoder, texts, *, cache_dir=None, cache=None, desc="embed texts", show_progress=True, stats=None):
     """{text: e(text)} (unit-norm float32), each unique text embedded once and cached on disk."""
@@ -199,7 +202,7 @@ def _surprise_lm(path, device):
     return checkpoint.load(path, device=device)
 
 
-@scorer("surprise", "chat", arg="[PATH]")
+@scorer("surprise", "chat", arg=ScorerArg("PATH", optional=True))
 def chat_surprise_scorer(groups, ctx):
     """The authors' surprise: perplexity of the whole chat-formatted conversation (conversation_perplexity) under
     the LM at PATH (they used google/gemma-2-27b-it); without PATH the embedded default SmolLM2-135M-Instruct."""
@@ -233,7 +236,7 @@ def judge_scorer(groups, ctx):
                             lambda p, rs: judge(model, tokenizer, p, rs, ctx.batch_size, ctx.stats))
 
 
-@scorer("quality", "rm", arg="PATH")
+@scorer("quality", "rm", arg=ScorerArg("PATH"))
 def reward_model_scorer(groups, ctx):
     device = next(ctx.model.parameters()).device if ctx.model is not None else "cpu"
     rm, rm_tokenizer, w = load_reward_model(ctx.arg, device=device)
@@ -242,7 +245,7 @@ def reward_model_scorer(groups, ctx):
                             lambda p, rs: reward(rm, rm_tokenizer, w, p, rs, ctx.batch_size, ctx.stats))
 
 
-@scorer("originality", "model", default=True, arg="[DIR]")
+@scorer("originality", "model", default=True, arg=ScorerArg("DIR", optional=True))
 def originality_scorer(groups, ctx):
     """originality.predict with the fitted scorer in DIR (default: the shipped scorers/originality), each response
     compared with its prompt's population (all responses to the prompt in the file; in eval, the human ones)."""
@@ -277,7 +280,7 @@ def load_originality(path):
     return fitted, h.hexdigest()[:12]
 
 
-@scorer("relevance", "model", default=True, arg="[DIR]")
+@scorer("relevance", "model", default=True, arg=ScorerArg("DIR", optional=True))
 def relevance_scorer(groups, ctx):
     """relevance.predict (p(on-topic)) with the fitted model in DIR (default: the shipped scorers/relevance),
     each response compared with its prompt's known answers (ctx.population, e.g. eval's human answers, else
@@ -298,7 +301,7 @@ def relevance_scorer(groups, ctx):
     return out
 
 
-@scorer("quality", "field", arg="NAME")
+@scorer("quality", "field", arg=ScorerArg("NAME"))
 def field_scorer(groups, ctx):
     return [np.asarray(g["field"], dtype=np.float64) for g in groups]
 
@@ -506,8 +509,9 @@ def scorer_options(args, prefix=""):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["fit"]:  # python score.py fit --data RATINGS --out DIR: fit an originality scorer
-        return originality.main(argv[1:]) or 0
+    if argv[:1] == ["fit"]:  # python score.py fit [--scorer relevance] --data RATINGS --out DIR: fit.py
+        import fit
+        return fit.main(argv[1:])
     ap = argparse.ArgumentParser(description="Add creativity scores (each in [0, 1], normalised per prompt) to every "
                                              "row of a JSON Lines file.",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -1,9 +1,9 @@
 """Benchmark the transformer block's elementwise ops and one whole block, forward + backward: eager PyTorch,
 torch.compile, and our Triton kernels (kernels/), after checking the kernels against float64.
 
-    python benchmarks/bench_block.py            # CUDA: Llama-3.1-8B block shape, bf16, 16 sequences x 512 tokens
-    python benchmarks/bench_block.py --small    # tiny shapes (CPU smoke test: eager rows only)
-    python benchmarks/bench_block.py --check-only   # only the Triton ops' values and gradients against float64
+    python -m benchmarks.bench_block            # CUDA: Llama-3.1-8B block shape, bf16, 16 sequences x 512 tokens
+    python -m benchmarks.bench_block --small    # tiny shapes (CPU smoke test: eager rows only)
+    python -m benchmarks.bench_block --check-only   # only the Triton ops' values and gradients against float64
 
 Table 1, per op (the shapes of one 8B block at N = batch x seq tokens): RMSNorm with the residual add
 [N, 4096], RoPE on q [B, 32, T, 128] and k [B, 8, T, 128], SwiGLU [N, 14336], LoRA scale-and-add
@@ -22,16 +22,15 @@ import os
 import sys
 import time
 
+import torch
+import torch.utils.benchmark as torch_benchmark
+import torch.utils.checkpoint as checkpointing
+
+import kernels
+import model as modeling
+from kernels import torch_block
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import torch  # noqa: E402
-import torch.utils.benchmark as torch_benchmark  # noqa: E402
-import torch.utils.checkpoint as checkpointing  # noqa: E402
-
-import kernels  # noqa: E402
-import model as modeling  # noqa: E402
-from kernels import torch_block  # noqa: E402
 
 GIB = 2**30
 # Triton rows run on CUDA; under TRITON_INTERPRET=1 also on CPU (Triton's interpreter: a smoke test of this script)

@@ -3,21 +3,19 @@
 A step = reference forward (no grad) + policy forward/backward + AdamW update, on 8 sequences x 64 tokens
 (4 pairs; the last 32 tokens of each sequence are the response). The transformers anchor is the step as
 TRL writes it: full logits, log_softmax, gather, mask. Tokens/s = 8 * 64 / median step time.
-Usage: python benchmarks/bench_cpu_step.py [--steps 5] [--threads N]
+Usage: python -m benchmarks.bench_cpu_step [--steps 5] [--threads N]
 """
 import argparse
 import copy
 import os
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import checkpoint  # noqa: E402
-import model as M  # noqa: E402
+import checkpoint
+import model as M
 
 SEQS, LEN, RESP = 8, 64, 32
 

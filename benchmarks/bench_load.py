@@ -1,16 +1,15 @@
 """Load time and peak memory of the embedded default model: ours vs transformers (when importable).
 
-Each loader runs in a fresh subprocess so peak resident memory is its own. Usage: python benchmarks/bench_load.py
+Each loader runs in a fresh subprocess so peak resident memory is its own. Usage: python -m benchmarks.bench_load
 """
 import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the children import the project from here (their cwd)
 
 OURS = """
 import time, resource, sys
-sys.path.insert(0, {root!r})
 t0 = time.perf_counter()
 import checkpoint
 m, tok = checkpoint.load(None)
@@ -19,7 +18,6 @@ print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxr
 
 TRANSFORMERS = """
 import time, resource, sys, os
-sys.path.insert(0, {root!r})
 t0 = time.perf_counter()
 import torch, transformers, checkpoint
 path = checkpoint.default_model_path()
@@ -32,7 +30,7 @@ print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxr
 def run(code, repeats):
     times, mems = [], []
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", code.format(root=ROOT)], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
         if out.returncode != 0:
             return f"failed: {out.stderr.strip().splitlines()[-1]}"
         t, mem = map(float, out.stdout.split()[-2:])

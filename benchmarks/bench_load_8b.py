@@ -1,6 +1,6 @@
 """Load time and peak memory of a synthetic Llama-3.1-8B-shape checkpoint in bf16 (HF layout, 5 GB shards).
 
-    python benchmarks/bench_load_8b.py [--dir /tmp/crpo_8b] [--keep]
+    python -m benchmarks.bench_load_8b [--dir /tmp/crpo_8b] [--keep]
 
 Writes config.json, 4 safetensors shards of uninitialised bf16 tensors (16.1 GB: the values do not matter
 for a load) and a word-level tokenizer (tests/fakes.py), then times checkpoint.load(dir, dtype=bfloat16) in a
@@ -20,10 +20,9 @@ import time
 import torch
 from safetensors.torch import save_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+from tests.fakes import write_tiny_tokenizer
 
-from fakes import write_tiny_tokenizer  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the child imports the project from here (its cwd)
 
 LLAMA_31_8B = dict(vocab_size=128256, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                    num_key_value_heads=8, head_dim=128, intermediate_size=14336)
@@ -32,7 +31,6 @@ SHARD_BYTES = 5 * 10 ** 9  # transformers' default max_shard_size
 LOAD = """
 import resource, sys, time
 t0 = time.perf_counter()
-sys.path.insert(0, {root!r})
 import torch, checkpoint
 m, _ = checkpoint.load({path!r}, dtype=torch.bfloat16)
 t1 = time.perf_counter()
@@ -97,8 +95,8 @@ def main():
     size = sum(os.path.getsize(os.path.join(args.dir, f)) for f in os.listdir(args.dir)) / 1e9
     print(f"wrote {n_shards} shards, {size:.1f} GB in {time.perf_counter() - t0:.0f} s")
     try:
-        out = subprocess.run([sys.executable, "-c", LOAD.format(root=ROOT, path=args.dir)], capture_output=True,
-                             text=True)
+        out = subprocess.run([sys.executable, "-c", LOAD.format(path=args.dir)], capture_output=True,
+                             text=True, cwd=ROOT)
         if out.returncode != 0:
             print(out.stderr[-2000:])
             return 1

@@ -1,7 +1,7 @@
 """Benchmark per-token log-probs, forward + backward with an arbitrary upstream gradient.
 
-    python benchmarks/bench_logprobs.py              # SPEC shapes on CUDA: N=8192, V=128256, D=4096, bf16
-    python benchmarks/bench_logprobs.py --small      # small shapes (CPU smoke test)
+    python -m benchmarks.bench_logprobs              # SPEC shapes on CUDA: N=8192, V=128256, D=4096, bf16
+    python -m benchmarks.bench_logprobs --small      # small shapes (CPU smoke test)
 
 Two tables (markdown, ready for the README): log-probs from logits [N, V], and from hidden [N, D] and
 the output weight [V, D]. Rows: ours (kernels/), eager PyTorch, torch.compile, Liger-Kernel and
@@ -15,23 +15,17 @@ inputs (grad err = max |d grad| / max |grad|). An anchor that fails prints "fail
 
 Anchors that are not installed can be brought without touching the environment:
     pip install --no-deps --target .cache/bench_deps liger-kernel cut-cross-entropy
-(.cache/bench_deps is put on sys.path when it exists.)
+and found with PYTHONPATH=.cache/bench_deps (gpu_check.sh sets it when the folder exists).
 """
 import argparse
 import datetime
 import os
 import statistics
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-if os.path.isdir(os.path.join(ROOT, ".cache", "bench_deps")):
-    sys.path.append(os.path.join(ROOT, ".cache", "bench_deps"))
+import torch
 
-import torch  # noqa: E402
-
-import kernels  # noqa: E402
+import kernels
 
 GIB = 2**30
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

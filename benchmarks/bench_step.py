@@ -1,10 +1,10 @@
 """Benchmark one CrPO training step at Llama-3.1-8B shape (or a short-answer shape), from random weights.
 
-    python benchmarks/bench_step.py            # CUDA: Llama-3.1-8B shape, LoRA r=128 on all linear layers,
+    python -m benchmarks.bench_step            # CUDA: Llama-3.1-8B shape, LoRA r=128 on all linear layers,
                                                # gradient checkpointing, 8 pairs x 512 tokens a side
-    python benchmarks/bench_step.py --pairs 64 --seq-len 64 --prompt-len 40   # the real workload: short answers
-    python benchmarks/bench_step.py --profile  # + CUDA kernel time of our step by kind (matmul, attention, other)
-    python benchmarks/bench_step.py --small    # tiny config on CPU (smoke test)
+    python -m benchmarks.bench_step --pairs 64 --seq-len 64 --prompt-len 40   # the real workload: short answers
+    python -m benchmarks.bench_step --profile  # + CUDA kernel time of our step by kind (matmul, attention, other)
+    python -m benchmarks.bench_step --small    # tiny config on CPU (smoke test)
 
 One step = reference forward (the base model with LoRA switched off, no grad) + policy forward and
 backward over chosen and rejected (one batch of 2 x pairs sequences) + the CrPO loss + AdamW step on the
@@ -12,7 +12,7 @@ LoRA parameters. Each sequence is a prompt of --prompt-len tokens and a response
 only response tokens count in the log-probabilities.
 
 Rows:
-- ours: crpo.py's own step, `crpo.train_step` on a run set up by `crpo.prepare` (what `python crpo.py` runs:
+- ours: crpo.py's own step, `crpo.train_step` on a run set up by `crpo.build_run` (what `python crpo.py` runs:
   on CUDA a bf16 base with float32 LoRA adapters under bf16 autocast; batches collated from token ids each
   step), with the block ops on crpo.py's CUDA default (kernels/dispatch.py: the PyTorch formulas until a GPU
   run verifies the Triton kernels; $KERNELS_BLOCK_PATH overrides it for this row);
@@ -30,21 +30,19 @@ import argparse
 import datetime
 import os
 import statistics
-import sys
 import time
 import warnings
 
+import torch
+
+import numpy as np
+
+import crpo
+import kernels
+import model as modeling
+import pairs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import torch  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-import crpo  # noqa: E402
-import kernels  # noqa: E402
-import model as modeling  # noqa: E402
-import pairs  # noqa: E402
 
 GIB = 2**30
 ROWS = ("ours", "ours-triton", "compiled", "hf", "liger")  # --which
@@ -74,14 +72,14 @@ def init_random_(module, seed):
 
 
 def ours_run(cfg, args, device, compile_blocks=False):
-    """A crpo.Run over one synthetic split, set up by crpo.prepare exactly as the CLI does."""
+    """A crpo.Run over one synthetic split, set up by crpo.build_run exactly as the CLI does."""
     flags = ["--data", "synthetic", "--lora-rank", str(args.rank), "--lora-alpha", str(args.alpha), "--batch-size",
              str(args.pairs), "--device", device.type, "--lambda-novelty", "1", "--lambda-diversity", "1",
              "--lambda-surprise", "1"] + (["--grad-checkpointing"] if args.checkpointing else [])
     if args.dtype == "fp32":
         flags += ["--dtype", "float32"]
     run_args = crpo.parse_args(flags)
-    torch.set_default_dtype(crpo.weights_dtype(run_args, device))
+    torch.set_default_dtype(crpo.weights_dtype(run_args.dtype, run_args.lora_rank > 0, device))
     try:
         with torch.device(device):
             m = modeling.Transformer(modeling.Config(**cfg))
@@ -97,9 +95,8 @@ def ours_run(cfg, args, device, compile_blocks=False):
               for side in ("chosen", "rejected")}
     splits = {"train": pairs.Split([{}] * args.pairs, items, scores), "val": pairs.Split([], [], scores)}
     lambdas = {"novelty": 1.0, "diversity": 1.0, "surprise": 1.0}
-    run = crpo.Run(run_args, device, 0, 1, m, None, splits, lambdas)
-    run.tokenizer = type("PadOnly", (), {"pad_id": 0, "eos_id": 0})()
-    crpo.prepare(run, None, log=lambda *a: None)
+    pad_only = type("PadOnly", (), {"pad_id": 0, "eos_id": 0})()
+    run = crpo.build_run(run_args, device, 0, 1, m, pad_only, splits, lambdas, log=lambda *a: None)
     if compile_blocks:
         for layer in m.layers:
             layer.compile()
@@ -112,7 +109,7 @@ def build_ours(cfg, args, device, dtype, compile_blocks=False):
 
     def step():
         sums, _ = crpo.train_step(run, every)
-        return torch.tensor(sums["loss"] / sums["pairs"])
+        return torch.tensor(sums["loss"] / sums["count"])
     return run.policy, step
 
 

@@ -7,7 +7,8 @@
 #   (d) bf16 forward and backward of each Triton block kernel against float64 at Llama-3.1-8B shapes
 #   (e) the step benchmarks (ours on crpo.py's default, ours with --kernels triton, compiled blocks,
 #       transformers+peft, + Liger; 8B shape and 64 pairs x 64 tokens), the block ops, the log-prob kernels
-# then a summary table (part, status, seconds, the part's last result line). From the repo root:
+# then a summary table (part, status, seconds, the part's last result line). From the repo root (each part runs
+# as `python -m benchmarks.<name>`):
 #     bash benchmarks/gpu_check.sh              # on the GPU machine (Liger's wheel in .cache/bench_deps, see below)
 #     SMALL=1 bash benchmarks/gpu_check.sh      # CPU smoke test of this script (CI): tiny shapes, no CUDA needed
 # Everything printed is also written to $OUT/gpu_check.log (the device tool's output folder; ./gpu_check.log
@@ -68,24 +69,26 @@ git log -1 --format='commit %h %s' 2>/dev/null
 if [ "$SMALL" != 1 ] && ls .cache/bench_deps/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-deps --no-index .cache/bench_deps/*.whl
 fi
+# anchors installed with `pip install --target .cache/bench_deps` (benchmarks/bench_logprobs.py) are found here
+if [ -d .cache/bench_deps ]; then export PYTHONPATH="$PWD/.cache/bench_deps${PYTHONPATH:+:$PYTHONPATH}"; fi
 
 # (a) collects only the test files that mention CUDA (collecting the whole suite costs CI seconds)
 step a 60 "CUDA tests (pytest -k cuda)" \
     $PY -m pytest -q -p no:cacheprovider $(grep -l cuda tests/test_*.py) -k cuda -rs
 step b 160 "crpo.py on CUDA vs CPU (full, LoRA), --resume on CUDA" \
-    $PY benchmarks/gpu_e2e.py train $S
+    $PY -m benchmarks.gpu_e2e train $S
 step c 55 "score.py and eval.py on CUDA vs CPU" \
-    $PY benchmarks/gpu_e2e.py score-eval $S
+    $PY -m benchmarks.gpu_e2e score-eval $S
 step d 30 "Triton block kernels, bf16 fwd+bwd vs float64, 8B shapes" \
-    $INTERP $PY benchmarks/bench_block.py --check-only $S
+    $INTERP $PY -m benchmarks.bench_block --check-only $S
 step e1 130 "step, 8B shape, 8 pairs x 512: ours (default, --kernels triton), compiled, hf+peft, +Liger" \
-    $PY benchmarks/bench_step.py --reps 3 --warmup 1 --profile $S
+    $PY -m benchmarks.bench_step --reps 3 --warmup 1 --profile $S
 step e2 40 "step, short answers, 64 pairs x 64 (40 prompt): ours (default, --kernels triton), hf+peft" \
-    $PY benchmarks/bench_step.py $SHORT --profile --reps 3 --warmup 1 $S
+    $PY -m benchmarks.bench_step $SHORT --profile --reps 3 --warmup 1 $S
 step e3 35 "block ops and one 8B block: eager, torch.compile, Triton; checkpoint policies" \
-    $PY benchmarks/bench_block.py --min-run-time 0.3 $S
+    $PY -m benchmarks.bench_block --min-run-time 0.3 $S
 step e4 25 "log-probs (SPEC shapes), kept-logits budgets (no compile anchors)" \
-    $PY benchmarks/bench_logprobs.py --reps 10 --no-compile --budget-sweep $S
+    $PY -m benchmarks.bench_logprobs --reps 10 --no-compile --budget-sweep $S
 
 echo
 echo "=== summary ($(date -u +%H:%M:%S) UTC), status $status; log: $LOG"

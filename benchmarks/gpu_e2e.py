@@ -1,9 +1,9 @@
 """End-to-end runs on CUDA, each compared with the same run on the CPU: parts (b) and (c) of gpu_check.sh.
 
-    python benchmarks/gpu_e2e.py train         # (b) the README's main command (shortened) on CUDA vs the CPU,
+    python -m benchmarks.gpu_e2e train         # (b) the README's main command (shortened) on CUDA vs the CPU,
                                                #     full fine-tuning and LoRA; --resume on CUDA vs uninterrupted
-    python benchmarks/gpu_e2e.py score-eval    # (c) score.py on CUDA vs the CPU; eval.py on CUDA vs the CPU
-    python benchmarks/gpu_e2e.py train --small # CPU smoke test (CI): a tiny random model, both sides on the CPU
+    python -m benchmarks.gpu_e2e score-eval    # (c) score.py on CUDA vs the CPU; eval.py on CUDA vs the CPU
+    python -m benchmarks.gpu_e2e train --small # CPU smoke test (CI): a tiny random model, both sides on the CPU
 
 What is compared, and the tolerances (stated before any GPU run; the first GPU run says whether they hold):
 - train: every logged training loss and the final validation loss (the CrPO loss, about ln 2 = 0.69 at the
@@ -27,19 +27,18 @@ import sys
 import tempfile
 import time
 
+import torch
+from safetensors.torch import load_file
+
+import checkpoint
+import crpo
+import eval as evaluation
+import model as modeling
+import outputs
+import score
+import tokenizer as tokenization
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
-import checkpoint  # noqa: E402
-import crpo  # noqa: E402
-import eval as evaluation  # noqa: E402
-import model as modeling  # noqa: E402
-import outputs  # noqa: E402
-import score  # noqa: E402
-import tokenizer as tokenization  # noqa: E402
 
 TOL_DEVICE = 0.02
 TOL_RESUME = 1e-3

@@ -2,21 +2,19 @@
 negatives built from them only), predict every prompt of the fourth; mean per-prompt Spearman with the human
 rating, per held-out task. How far the scorer transfers to a kind of task it never saw.
 
-    python benchmarks/originality_loto.py --out results/originality_loto.json [--negatives 0.02]
+    python -m benchmarks.originality_loto --out results/originality_loto.json [--negatives 0.02]
 """
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cache  # noqa: E402
-import data  # noqa: E402
-import encoder as sentence_encoder  # noqa: E402
-import originality as O  # noqa: E402
+import cache
+import data
+import encoder as sentence_encoder
+import originality as O
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

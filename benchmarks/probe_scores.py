@@ -14,26 +14,24 @@ novelty's C is the human answers. A probe's percentile = (#humans below + #ties 
 score, and each cell is the median over all probes of the kind (with the range of the per-prompt medians).
 Conditions: before, after, after + relevance gate (score.py's --gate 0.5).
 
-    python benchmarks/probe_scores.py --out results/probes.json [--fold 0] [--per-kind 12] [--dims ...]
+    python -m benchmarks.probe_scores --out results/probes.json [--fold 0] [--per-kind 12] [--dims ...]
 """
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cache  # noqa: E402
-import checkpoint  # noqa: E402
-import data  # noqa: E402
-import encoder as sentence_encoder  # noqa: E402
-import originality  # noqa: E402
-import probes  # noqa: E402
-import relevance  # noqa: E402
-import score  # noqa: E402
+import cache
+import checkpoint
+import data
+import encoder as sentence_encoder
+import originality
+import probes
+import relevance
+import score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEPT_ASIDE = os.path.join(ROOT, "..", "shared", "data", "noveltybench", "curated.jsonl")

@@ -37,14 +37,23 @@ class ByteTokenizer:
         return ids, start
 
 
-def tiny_model(seed=0):
+TINY_CONFIG = dict(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, hidden_dim=128,
+                   max_seq_len=512)
+
+
+def tiny_model(seed=0, *, init_std=0.3, norm_std=None, dtype=torch.float32, **config):
+    """The tests' one builder of a tiny random model.Transformer (eval mode): model.Config(TINY_CONFIG updated
+    with config), made after torch.manual_seed(seed), in dtype. init_std: matrices ~ N(0, init_std), larger than
+    the default init so that the logits differ clearly between tokens (None: keep the default init); norm_std:
+    1-D weights (norm gains) ~ N(1, norm_std) too (None: left at 1)."""
     torch.manual_seed(seed)
-    m = modeling.Transformer(modeling.Config(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
-                                             hidden_dim=128, max_seq_len=512))
-    with torch.no_grad():  # larger than default init so the logits differ clearly between tokens
+    m = modeling.Transformer(modeling.Config(**{**TINY_CONFIG, **config})).to(dtype)
+    with torch.no_grad():
         for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
+            if p.dim() == 2 and init_std is not None:
+                p.normal_(0, init_std)
+            elif p.dim() == 1 and norm_std is not None:
+                p.normal_(1.0, norm_std)
     return m.eval()
 
 

@@ -26,6 +26,7 @@ import outputs
 import registry
 import score
 import tokenizer
+from fakes import tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIMS = ("novelty", "diversity", "surprise", "quality")
@@ -184,10 +185,8 @@ def tiny_tokenizer():
 
 
 def tiny_transformer(vocab_size, seed=0):
-    torch.manual_seed(seed)
-    cfg = model.Config(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
-                       hidden_dim=64, max_seq_len=512, tie_embeddings=True)
-    return model.Transformer(cfg).eval()
+    return tiny_model(seed, init_std=None, vocab_size=vocab_size, dim=32, head_dim=8, hidden_dim=64,
+                      tie_embeddings=True)
 
 
 @pytest.fixture(scope="module")

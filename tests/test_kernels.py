@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import kernels
-from fakes import run_triton_tests_in_interpreter
+from fakes import run_triton_tests_in_interpreter, tiny_model
 from kernels import torch_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -404,10 +404,8 @@ def sequence_logps_plain(m, ids, mask, resp):
 
 def check_sequence_logps_with_and_without_kernels(lora):
     model = pytest.importorskip("model")
-    torch.manual_seed(0)
-    cfg = model.Config(vocab_size=301, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, hidden_dim=64,
-                       max_seq_len=64, tie_embeddings=True)
-    m = model.Transformer(cfg)
+    m = tiny_model(0, init_std=None, vocab_size=301, dim=32, head_dim=8, hidden_dim=64, max_seq_len=64,
+                   tie_embeddings=True)
     if lora:  # frozen output layer: the kernels' dh-in-the-forward path
         params = model.add_lora(m, rank=4, alpha=8)
         for p in params:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels
-from fakes import run_triton_tests_in_interpreter
+from fakes import run_triton_tests_in_interpreter, tiny_model
 import model as modeling
 from kernels import checkpoint_policy, torch_block
 
@@ -224,13 +224,8 @@ def old_block(b, x, cos, sin, mask):
 
 
 def tiny_lora_model(seed=0, dim=48, hidden_dim=112, dtype=torch.float32):
-    torch.manual_seed(seed)
-    cfg = modeling.Config(vocab_size=97, dim=dim, n_layers=2, n_heads=6, n_kv_heads=2, head_dim=8,
-                          hidden_dim=hidden_dim, max_seq_len=64)
-    m = modeling.Transformer(cfg).to(dtype)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(1.0 if p.dim() == 1 else 0.0, 0.2)
+    m = tiny_model(seed, init_std=0.2, norm_std=0.2, dtype=dtype, vocab_size=97, dim=dim, n_heads=6, head_dim=8,
+                   hidden_dim=hidden_dim, max_seq_len=64)
     params = modeling.add_lora(m, rank=4, alpha=8)
     with torch.no_grad():
         for p in params:

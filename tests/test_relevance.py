@@ -93,5 +93,5 @@ def test_fit_separates_answers_from_answers_to_other_prompts_on_unseen_prompts(t
     loaded, card = R.load(str(tmp_path))
     np.testing.assert_allclose(loaded["beta"], model["beta"])
     assert card["features"] == R.NAMES and len(R.NAMES) == len(model["beta"])
-    with pytest.raises(FileNotFoundError, match="relevance.py fit"):
+    with pytest.raises(FileNotFoundError, match="score.py fit --scorer relevance"):
         R.load(str(tmp_path / "missing"))

@@ -227,9 +227,7 @@ def test_reward_model_score_head(tmp_path):
     hf.add_special_tokens(specials)
     tok = tokenization.Tokenizer(hf, chat_format="chatml", eos="<|im_end|>", pad="<|im_end|>", eot="<|im_end|>",
                              chat_template="<|im_start|>", name="tiny-rm")
-    torch.manual_seed(0)
-    m = modeling.Transformer(modeling.Config(vocab_size=258, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                                             head_dim=8, hidden_dim=64, max_seq_len=256))
+    m = tiny_model(0, init_std=None, vocab_size=258, dim=32, head_dim=8, hidden_dim=64, max_seq_len=256)
     folder = tmp_path / "rm"
     checkpoint.save(m, tok, str(folder))
     w = torch.randn(1, 32)
@@ -533,6 +531,30 @@ def test_fit_command_writes_a_scorer_whose_card_lists_the_training_prompts(tmp_p
     assert "Spearman" in printed or "spearman" in printed
 
 
+def test_fit_command_fits_the_relevance_scorer_that_score_py_then_loads(tmp_path, monkeypatch, capsys):
+    """python score.py fit --scorer relevance: one fit entry point for both learned scorers; the folder it writes
+    is what --relevance model DIR reads (relevance.load), and its held-out AUC separates prompts whose words differ."""
+    import types
+    enc = BagOfWordsEncoder()
+    enc.config = types.SimpleNamespace(dim=enc.dim)
+    monkeypatch.setattr(sentence_encoder, "load_encoder", lambda path=None, **kw: enc)
+    rng = np.random.default_rng(2)
+    rows = [{"prompt": f"Name uses of object{p}", "response": " ".join(f"word{p}x{rng.integers(5)}" for _ in range(4)),
+             "score": float(rng.integers(1, 5))} for p in range(6) for _ in range(12)]
+    src, out = tmp_path / "ratings.jsonl", tmp_path / "relevance"
+    write_jsonl(src, rows)
+    assert score.main(["fit", "--scorer", "relevance", "--data", str(src), "--out", str(out), "--folds", "3",
+                       "--cache-dir", str(tmp_path / "c")]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert sorted(card["training_prompts"]) == sorted({r["prompt"] for r in rows}) and card["cv"]["folds"] == 3
+    assert not (out / "model.safetensors").exists()  # relevance's weights live in card.json
+    assert card["cv"]["overall"]["auc_other_prompt"]["mean"] > 0.8  # chance: 0.5 (measured 0.95)
+    assert score.relevance.load(str(out))[1]["training_prompts"] == card["training_prompts"]
+    with pytest.raises(SystemExit) as stop:
+        score.main(["fit", "--scorer", "relevance", "--data", str(src), "--out", str(out), "--folds", "7"])
+    assert "has only 6 prompts" in str(stop.value)
+
+
 def test_cli_device_loads_the_default_models_there(tmp_path, monkeypatch):
     """--device cuda without --model/--encoder: the embedded defaults load on that device (the scorers' own lazy
     loads would put them on the CPU). Recorded through stand-in loaders, so no GPU is needed."""
@@ -613,7 +635,7 @@ def test_relevance_gate_sets_off_topic_scores_to_the_group_minimum(tmp_path, fit
 
 
 def test_relevance_scorer_names_a_missing_model(tmp_path):
-    with pytest.raises(data.DataError, match="relevance scorer .*relevance.py fit"):
+    with pytest.raises(data.DataError, match="relevance scorer .*score.py fit --scorer relevance"):
         score.score_groups(groups_of([("p", ["a", "b"])]), ["relevance"], encoder=FakeEncoder(), cache_dir=tmp_path,
                            show_progress=False, relevance=f"model {tmp_path / 'none'}")
 

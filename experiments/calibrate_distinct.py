@@ -1,7 +1,7 @@
 """Calibrate eval.py's `distinct` threshold: at which cosine threshold do k samples of ONE model at a low
 temperature come out measurably less distinct than at temperature 1.0?
 
-    python benchmarks/calibrate_distinct.py [--k 8] [--prompts-per-task 3] [--max-new-tokens 48] [--out FILE]
+    python -m experiments.calibrate_distinct [--k 8] [--prompts-per-task 3] [--max-new-tokens 48] [--out FILE]
 
 Held-out-style prompts from data/dt_ratings.jsonl.gz (the first N prompts of every task), k samples each from
 the embedded default model at temperatures 0.3 and 1.0 (same seeds), sentence embeddings from the embedded
@@ -16,14 +16,13 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import data
+import eval as evaluation
+import checkpoint
+import score
+from encoder import load_encoder
 
-import data  # noqa: E402
-import eval as evaluation  # noqa: E402
-import checkpoint  # noqa: E402
-import score  # noqa: E402
-from encoder import load_encoder  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 GRID = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 

@@ -8,7 +8,7 @@ them), with response length (characters, words) as a baseline.
 Speed: this machine's fp32 matmul rate; the time to score N responses with the four default scorers
 (cold cache, then cached rerun); the FLOP floor of the model passes that needs, and the ratio.
 
-    python benchmarks/score_validity.py --out /tmp/validity.json [--max-per-prompt 100] [--threads 1]
+    python -m experiments.score_validity --out /tmp/validity.json [--max-per-prompt 100] [--threads 1]
 """
 import argparse
 import json
@@ -24,14 +24,13 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cache  # noqa: E402
-import data  # noqa: E402
-import checkpoint  # noqa: E402
-import encoder as sentence_encoder  # noqa: E402
-import measures  # noqa: E402
-from originality import partial_spearman, spearman  # noqa: E402
-import score  # noqa: E402
+import cache
+import data
+import checkpoint
+import encoder as sentence_encoder
+import measures
+from originality import partial_spearman, spearman
+import score
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "dt_ratings.jsonl.gz")
 TASKS = ("Alternate Uses", "Instances", "Consequences", "Sentence Completion")
@@ -45,7 +44,6 @@ SCORERS = [  # (column, dim, score_groups options)
     ("surprise embedding", "surprise", {"surprise": "embedding"}),
     ("quality judge", "quality", {"quality": "judge"}),
 ]
-BASELINES = ("length (chars)", "length (words)")
 
 
 # ----------------------------------------------------------------------------- statistics
