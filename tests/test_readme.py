@@ -33,8 +33,9 @@ def strip_fenced(text):
                 fence = m.group(1)
             else:
                 out.append(line)
-        elif m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence) and not line.strip()[len(m.group(1)):].strip():
-            fence = None
+        elif m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
+            if not line.strip()[len(m.group(1)):].strip():  # a closing fence carries no info string
+                fence = None
     return "\n".join(out)
 
 
