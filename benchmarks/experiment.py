@@ -22,7 +22,9 @@ From the shipped human ratings (data/dt_ratings.jsonl.gz; 44 prompts, four tasks
        crpo_orig  originality = 1 (the scorer of the training prompts)
        divpo      pairs.py --pairs divpo (Lanchantin et al. 2025): per seeded pool of --divpo-pool responses of a
                   prompt, the most diverse rated >= --divpo-high against the least diverse rated <= --divpo-low;
-                  plain DPO loss. Fixed thresholds, not the paper's per-pool quantile (pairs.divpo_pairs says why)
+                  plain DPO loss. Fixed thresholds, not the paper's per-pool quantile (pairs.divpo_pairs says why).
+                  One pair per pool gives ~75 pairs per seed here (150 pools, the rest lack a high or a low
+                  response), fewer than the 16 x 8 a run draws: DivPO passes over its pairs ~1.7 times
    Every CrPO arm: --weight-on chosen (lambda * s(y_w), the paper's equation and what the authors' scripts trained
    with) over --score-population chosen (each prompt's chosen responses, as their extend_crpo_data.py).
    The authors' pair rules on this 1-5 scale (theirs are in MuCE's facsco_grm_scaled units: min score 20, gap 5,
@@ -44,9 +46,8 @@ model). v3 trains 4 preference arms per seed, 3 seeds, in about 75 min: --max-st
 and held-out prompts as v2. `--plan` estimates the wall time from v2's measured costs (COST_* below) until runs
 of this experiment are measured.
 
-Resumable (as v2): each finished run leaves RESULTS/runs/<arm>_s<seed>.json (metrics, per-prompt values, samples,
-commands, git revision, timings); a rerun skips those (same commands and data, else it stops and says so),
-continues a killed training run with crpo.py --resume, retrains a deleted SFT parent if a later arm needs it.
+Resumable (as v2): each finished run leaves RESULTS/runs/<arm>_s<seed>.json; a rerun skips those (same commands
+and data, else it stops), continues a killed training with crpo.py --resume, retrains a deleted SFT parent.
 
     python benchmarks/experiment.py --plan                    # planned runs, done or not, and a time estimate
     python benchmarks/experiment.py                           # the whole experiment (resumes)
