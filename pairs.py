@@ -6,12 +6,16 @@ crpo.py calls add_flags (the pair-rule and score-population flags), then load_pa
 tokenize_splits in that order; a Split hands out batches. Problems with the data raise data.DataError with the
 file, the line or the flag, and what to do.
 
+--pairs divpo (divpo_pairs): DivPO's pairs (Lanchantin et al. 2025) in place of the score-gap rules: per seeded pool
+of a prompt's responses, the most diverse high-rated response against the least diverse low-rated one.
+
 Score population (--score-population): the responses each prompt's scores are computed and min-max normalised
 over. "chosen" (the default with --weight-on chosen): the responses that are chosen in that prompt's pairs, as
 the paper ("relative to the set of preferred responses") and the authors' src/crpo/extend_crpo_data.py (without
 --include-rejected); only s_k(y_w) is computed. "all": chosen and rejected responses of the prompt's pairs (their
 --include-rejected), needed by --weight-on margin (its default there).
 """
+import math
 import os
 import random
 
@@ -20,19 +24,140 @@ import torch
 import torch.distributed as dist
 
 import data
+import encoder as sentence_encoder
 import registry
 import score
 import splits
 from conversation import prompt_key
+from measures import diversity
 from tokenizer import tokenize_pairs, tokens_summary
 
 
 def add_flags(p):
-    """crpo.py's flags for the authors' pair rules and split (splits.py) and the score population."""
+    """crpo.py's flags for the authors' pair rules and split (splits.py), the score population, and DivPO pairs."""
     splits.add_pair_rule_flags(p)
+    add_divpo_flags(p)
     p.add_argument("--score-population", choices=("chosen", "all"), default=None, help="responses each prompt's "
                    "scores are computed and normalised over: those chosen in its pairs (the paper's and the authors'), "
                    "or chosen and rejected (default: chosen; all with --weight-on margin, which needs both)")
+
+
+def add_divpo_flags(p):
+    """--pairs and the DivPO options (divpo_pairs)."""
+    p.add_argument("--pairs", choices=("scores", "divpo"), default="scores", help="how rating rows become pairs: "
+                   "scores = every pair with a score gap (the min-margin and cap rules above); divpo = DivPO, per pool "
+                   "the most diverse high-rated response against the least diverse low-rated one (Lanchantin et al. "
+                   "2025; --divpo-*)")
+    p.add_argument("--divpo-pool", type=int, default=8, help="divpo: responses per pool (seeded disjoint pools of each "
+                   "prompt, one pair per pool; 0 = one pool of all the prompt's responses, the paper's setting)")
+    p.add_argument("--divpo-high", type=float, default=3.0, help="divpo: a response is high-rated (a chosen "
+                   "candidate) when its score >= this (the file's own scale; 1-5 in data/dt_ratings.jsonl.gz)")
+    p.add_argument("--divpo-low", type=float, default=2.0, help="divpo: low-rated (a rejected candidate) when its "
+                   "score <= this; must be below --divpo-high")
+
+
+def divpo_pools(n, pool_size, rng):
+    """Indices 0..n-1 shuffled with rng and cut into k = max(1, n // pool_size) disjoint pools of n // k or
+    n // k + 1 (pool_size 0 or >= n: one pool of all n)."""
+    order = list(range(n))
+    rng.shuffle(order)
+    k = 1 if pool_size <= 0 else max(1, n // pool_size)
+    return [order[i * n // k:(i + 1) * n // k] for i in range(k)]
+
+
+def divpo_pairs(rows, embed, *, pool_size=8, high=3.0, low=2.0, seed=0):
+    """DivPO pairs from rating rows (Lanchantin et al. 2025, "Diverse Preference Optimization", arXiv:2501.18101,
+    offline variant with human ratings as the reward) -> (pairs, stats).
+
+    Per prompt x, its responses are cut into seeded disjoint pools P (divpo_pools; random.Random(f"{seed}|{x}")).
+    In a pool, with e(y) the unit embedding and s(y) the rating:
+
+        div(y)   = 1/(|P|-1) sum_{y' in P, y' != y} (1 - cos(e(y), e(y')))      (measures.diversity, score.py's)
+        Y_high   = {y in P : s(y) >= high},   Y_low = {y in P : s(y) <= low}
+        y_w      = argmax_{y in Y_high} div(y)      the most diverse of the well-rated
+        y_l      = argmin_{y in Y_low}  div(y)      the least diverse of the poorly rated
+
+    one pair (y_w, y_l) per pool (ties: the earlier in the pool), trained with the plain DPO loss. A pool with
+    Y_high empty, or else Y_low empty, gives no pair (counted once, in stats["no_high"] or stats["no_low"]); one
+    prompt with one response gives none (stats["single_response_prompts"]). Thresholds are fixed values of the rating scale, not
+    the paper's per-pool reward quantile: human ratings share one scale across prompts, and a quantile would
+    call the best of a uniformly poor pool "high". high > low, so s(y_w) > s(y_l) and y_w != y_l.
+    embed: texts -> [n, d] array (score.embed_texts through an encoder, or a test double).
+    ValueError for high <= low or pool_size < 0; data.DataError when no pool gives a pair."""
+    if not (math.isfinite(high) and math.isfinite(low) and high > low):
+        raise ValueError(f"--divpo-high ({high}) must be a number above --divpo-low ({low})")
+    if pool_size < 0:
+        raise ValueError(f"--divpo-pool must be >= 0, not {pool_size}")
+    groups = {}
+    for r in rows:
+        groups.setdefault(prompt_key(r["prompt"]), []).append(r)
+    stats = {"prompts": len(groups), "single_response_prompts": 0, "pools": 0, "no_high": 0, "no_low": 0,
+             "pairs": 0, "pool_size": pool_size, "high": high, "low": low}
+    pairs = []
+    for key, group in groups.items():
+        if len(group) < 2:
+            stats["single_response_prompts"] += 1
+            continue
+        E = np.asarray(embed([r["response"] for r in group]), dtype=np.float64)
+        for pool in divpo_pools(len(group), pool_size, random.Random(f"{seed}|{key}")):
+            stats["pools"] += 1
+            div = diversity(E[pool])
+            scores = np.array([group[i]["score"] for i in pool], dtype=np.float64)
+            hi, lo = np.flatnonzero(scores >= high), np.flatnonzero(scores <= low)
+            stats["no_high"] += not len(hi)
+            stats["no_low"] += not len(lo) and len(hi) > 0  # each skipped pool counted once
+            if not len(hi) or not len(lo):
+                continue
+            w, l = pool[hi[np.argmax(div[hi])]], pool[lo[np.argmin(div[lo])]]
+            a, b = group[w], group[l]
+            pairs.append({"prompt": a["prompt"], "chosen": a["response"], "rejected": b["response"],
+                          "score_chosen": a["score"], "score_rejected": b["score"],
+                          "diversity_pool_chosen": float(div[hi].max()), "diversity_pool_rejected": float(div[lo].min())})
+    stats["pairs"] = len(pairs)
+    if not pairs:
+        raise data.DataError(f"no DivPO pairs: {stats['pools']} pools, {stats['no_high']} without a response scored "
+                             f">= --divpo-high {high:g}, {stats['no_low']} without one <= --divpo-low {low:g} (the "
+                             f"file's own score scale: lower --divpo-high, raise --divpo-low or --divpo-pool)")
+    return pairs, stats
+
+
+def divpo_summary(stats):
+    return (f"divpo: {stats['pairs']:,} pairs from {stats['pools']:,} pools of {stats['prompts']:,} prompts "
+            f"(pool {stats['pool_size'] or 'all'}; {stats['no_high']:,} pools without a response >= {stats['high']:g}, "
+            f"{stats['no_low']:,} without one <= {stats['low']:g}, skipped; {stats['single_response_prompts']:,} "
+            f"prompts with one response)")
+
+
+def build_divpo_split(rows, args, log):
+    """(train, val) DivPO pairs: rows split by --split-column (pairs inside each part) or pairs split by prompt."""
+    if rows and rows[0]["kind"] != "rating":
+        raise data.DataError(f"{args.data}: --pairs divpo needs rating rows {{prompt, response, score}}, not "
+                             f"preference rows")
+    enc = sentence_encoder.load_encoder(args.score_encoder)
+
+    def embed(texts):  # cached like every score.py embedding
+        vectors = score.embed_texts(enc, list(texts), cache_dir=args.score_cache, show_progress=False)
+        return np.stack([vectors[t] for t in texts])
+    options = dict(pool_size=args.divpo_pool, high=args.divpo_high, low=args.divpo_low, seed=args.seed)
+    try:
+        if not args.split_column:
+            built, stats = divpo_pairs(rows, embed, **options)
+            log(divpo_summary(stats))
+            return splits.split_by_prompt(built, args.val_frac, args.seed)
+        parts, split_stats = splits.split_rows(rows, args.split_column, args.data)
+        log(splits.split_rows_summary(split_stats))
+        train, stats = divpo_pairs(parts["train"], embed, **options)
+        log("train: " + divpo_summary(stats))
+    except (ValueError, data.DataError) as e:
+        raise data.DataError(f"{args.data}: {e}") from None
+    val = []
+    if parts["validation"]:
+        try:
+            val, stats = divpo_pairs(parts["validation"], embed, **options)
+            log("validation: " + divpo_summary(stats))
+        except data.DataError as e:
+            log(f"validation: {e}")
+    return train, val
 
 
 def score_population(args):
@@ -116,6 +241,9 @@ def load_pairs(args, log):
         pairs = sft_examples(rows, args)
         log(f"sft: {len(pairs):,} responses over {len({prompt_key(p['prompt']) for p in pairs}):,} prompts")
         train_pairs, val_pairs = splits.split_by_prompt(pairs, args.val_frac, args.seed)
+    elif getattr(args, "pairs", "scores") == "divpo":
+        train_pairs, val_pairs = build_divpo_split(rows, args, log)
+        pairs = train_pairs + val_pairs
     else:
         train_pairs, val_pairs = data.build_split_pairs(rows, split_column=args.split_column, val_frac=args.val_frac,
                                                         seed=args.seed, source=args.data, log=log,

@@ -1,32 +1,53 @@
-"""The paper's pipeline at small scale, version 2: base -> SFT -> DPO / CrPO, three seeds, paired statistics.
+"""The paper's pipeline at small scale, version 3: base -> SFT -> DPO / CrPO / DivPO on the authors' settings.
 
-From the shipped human ratings (data/dt_ratings.jsonl.gz; 44 prompts, four tasks):
+v2 (results/experiment/, results/experiment_summary.json: margin-weighted CrPO, judged by its own training scorer)
+stays as it is; v3 writes RESULTS = results/v3/: runs/<arm>_s<seed>.json, summary.json, figure.png.
+From the shipped human ratings (data/dt_ratings.jsonl.gz; 44 prompts, four tasks, ratings 1-5):
 
-1. Data. Per task (Alternate Uses, Instances, Consequences, Sentence Completion), --heldout-per-task prompt groups are
-   held out with random.Random(--split-seed) (a group = the prompts sharing a task and the first five words of the
-   item, so near-duplicate stems never sit on both sides). The split is the same for every seed, so every run is
-   evaluated on the same prompts. WORK/data/ gets train.jsonl (--train-responses-per-prompt rated responses of each
-   training prompt), scorer_train.jsonl (training prompts only, for the originality scorer) and heldout.jsonl (the
-   held-out prompts' human responses: novelty's reference and the preference-accuracy pairs of eval.py).
-2. The originality scorer, fitted once on the training prompts only: python score.py fit --data scorer_train.jsonl.
+1. Data (as v2). Per task, --heldout-per-task prompt groups are held out with random.Random(--split-seed) (a group =
+   the prompts sharing a task and the first five words of the item); the split is the same for every seed.
+   WORK/data/: train.jsonl (--train-responses-per-prompt rated responses per training prompt), scorer_train.jsonl
+   (training prompts only: the training arms' originality scorer), evaluator_train.jsonl (held-out prompts' human
+   ratings only: the EVALUATOR's originality scorer) and heldout.jsonl (novelty's reference, preference accuracy).
+2. Two originality scorers (score.py fit): the training arms' on the training prompts, the evaluator on the held-out
+   prompts. No arm trains with the scorer that judges it; the two prompt lists are recorded in summary.json and must
+   be disjoint (else the run stops). eval.py warns that the evaluator saw the evaluated prompts: it saw their human
+   ratings, never a model's generations, by design.
 3. Per seed s: SFT on the training responses rated >= --sft-min-score (crpo.py --objective sft), then from that SFT
-   model, with the same pairs, budget and seed, the arms (every --lambda-* passed; --weight-on margin: their weight
-   function's clipped margin, not what their runs trained with, lambda * s(y_w); see README The method):
-       dpo        all lambdas 0 (plain DPO)
-       crpo_nds   novelty = diversity = surprise = 1 (the paper's combined model)
-       crpo_orig  originality = 1 (the scorer of step 2)
-       with --extra-arms: crpo_div (diversity = 1) and crpo_nds_chosen (crpo_nds with --weight-on chosen)
-   Each model (and base, the embedded default) is evaluated by its own eval.py call on the held-out prompts at k
-   samples with sampling seed s and the step-2 scorer.
-4. Statistics (benchmarks/experiment_stats.py): per metric, each arm minus SFT->DPO paired by prompt (seeds averaged
-   within a prompt): mean, 95% bootstrap interval over prompts, exact sign-flip p-value, Holm over the CrPO
-   comparisons (base and SFT are a second family), effect size d_z and the smallest effect the design detects.
-   RESULTS/experiment_summary.json and RESULTS/experiment.png (each arm's difference to DPO per metric).
+   model, same seed, budget and --max-train-pairs (= steps x batch: the pairs a run trains on, so reference
+   log-probs and scores cover only those) the arms, each with plain DPO or CrPO's loss:
+       dpo        all lambdas 0, the authors' pair rules (below)
+       crpo_nds   novelty = diversity = surprise = 1 (the paper's combined model), surprise = --score-surprise chat
+                  (their variant: perplexity of the chat-formatted conversation)
+       crpo_orig  originality = 1 (the scorer of the training prompts)
+       divpo      pairs.py --pairs divpo (Lanchantin et al. 2025): per seeded pool of --divpo-pool responses of a
+                  prompt, the most diverse rated >= --divpo-high against the least diverse rated <= --divpo-low;
+                  plain DPO loss. Fixed thresholds, not the paper's per-pool quantile (pairs.divpo_pairs says why).
+                  One pair per pool gives ~75 pairs per seed here (150 pools, the rest lack a high or a low
+                  response), fewer than the 16 x 8 a run draws: DivPO passes over its pairs ~1.7 times
+   Every CrPO arm: --weight-on chosen (lambda * s(y_w), the paper's equation and what the authors' scripts trained
+   with) over --score-population chosen (each prompt's chosen responses, as their extend_crpo_data.py).
+   The authors' pair rules on this 1-5 scale (theirs are in MuCE's facsco_grm_scaled units: min score 20, gap 5,
+   <= 10 pairs per response in file order): --min-score 2 --min-margin 0.5 --max-pairs-per-response 10
+   --cap-order file, i.e. their numbers divided by 10, IF facsco_grm_scaled is ten times a 1-5 rating (an
+   assumption we cannot check here; their SFT cut 30 then maps to v2's --sft-min-score 3). No `Set` column here:
+   the held-out split of step 1 replaces it.
+   Each model (and base) is evaluated by its own eval.py call on the held-out prompts at k samples, sampling seed s,
+   with the evaluator scorer; eval.py reports on_topic (share of generations the relevance scorer calls answers)
+   beside the creativity numbers.
+4. Statistics (experiment_stats, as v2): per metric, each arm minus SFT->DPO paired by prompt (seeds averaged within
+   a prompt): mean, 95% bootstrap interval, exact sign-flip p, Holm over the variants (crpo_nds, crpo_orig, divpo;
+   base and SFT a second family), d_z and the minimal detectable effect. RESULTS/summary.json, RESULTS/figure.png.
 
-Resumable: each finished run leaves RESULTS/experiment/<arm>_s<seed>.json (its metrics, per-prompt values, samples,
-commands, git revision, timings); a rerun skips those (same commands and data required, else it stops and says so),
-continues a killed training run with crpo.py --resume, and retrains an SFT model only if a later arm still needs it
-and it was deleted (--delete-models removes each model once nothing needs it). Models live in WORK/runs/.
+Budget (time: one session): v2 (--sft-steps 56 --max-steps 56, k 16, 200 held-out responses per prompt, 96
+preference pairs) took ~38 min per seed on 2 CPU cores (DPO/CrPO training ~557 s, SFT ~184 s, eval ~117 s per
+model). v3 trains 4 preference arms per seed, 3 seeds, in about 75 min: --max-steps 16 (--sft-steps 32), k 8,
+100 held-out responses per prompt and 48 preference pairs in eval. Same model, LoRA rank, lr, beta, max length
+and held-out prompts as v2. `--plan` estimates the wall time from v2's measured costs (COST_* below) until runs
+of this experiment are measured.
+
+Resumable (as v2): each finished run leaves RESULTS/runs/<arm>_s<seed>.json; a rerun skips those (same commands
+and data, else it stops), continues a killed training with crpo.py --resume, retrains a deleted SFT parent.
 
     python benchmarks/experiment.py --plan                    # planned runs, done or not, and a time estimate
     python benchmarks/experiment.py                           # the whole experiment (resumes)
@@ -51,30 +72,45 @@ import plot  # noqa: E402
 DEFAULT_DATA = os.path.join(ROOT, "data", "dt_ratings.jsonl.gz")
 LAMBDA_NAMES = ("novelty", "diversity", "surprise", "quality", "originality")  # crpo.py's --lambda-* flags
 REFERENCE = "dpo"
-# Planning costs on the 2-core CPU before any run of this experiment is measured (then the measured ones are used):
-# a 40-step run of 8 pairs, LoRA r=16, on the 135M default took ~6 min (9 s a step, all included), and evaluating one
-# model at k = 8 on 12 prompts ~75 s (0.78 s per generated sample, scoring and preference accuracy included).
-COST_STEP_S, COST_STEP_BATCH = 360 / 40, 8
-COST_EVAL_SAMPLE_S = 75 / (8 * 12)
+# Planning costs on this 2-core CPU until runs of this experiment are measured, from v2's runs (results/experiment/,
+# batch 8, max length 96, LoRA 16 on the 135M default): DPO/CrPO 557 s for 56 steps (mean of 6 runs; reference
+# log-probs and scoring included), SFT 184 s for 56 steps (2 runs), eval 117 s per model at k 16 x 12 prompts x 40
+# new tokens (mean of the 9 evaluations after the first), the first evaluation 345 s more (cache filling), the
+# scorer fit 166 s on 8,853 rows. COST_EVAL_FIXED_S: an evaluation's cost that does not scale with the samples
+# (process start, model and scorer loading), taken as the whole of an evaluation in the smoke test (mean 9.5 s of
+# 6 at k 2 x 4 prompts x 8 new tokens, 8 preference pairs): an upper bound of the fixed part. COST_TRAIN_FIXED_S: a
+# training run's start (models, scores of its pairs) that v2's 56-step means hide, the smoke test's 2-step runs
+# (11 to 25 s, mean 20 s) taken whole.
+COST_STEP_S = {"pref": 557.2 / 56, "sft": 184.4 / 56}
+COST_STEP_BATCH = 8
+COST_EVAL_FIXED_S = 9.5
+COST_TRAIN_FIXED_S = 20.0
+COST_EVAL_SAMPLE_S = (116.7 - COST_EVAL_FIXED_S) / (16 * 12 * 40)  # per generated token budget of one sample
+COST_FIRST_EVAL_S = 345.0 * 100 / 200  # scaled to 100 held-out responses per prompt (v2: 200)
+COST_FIT_ROW_S = 166.4 / 8853
+# The authors' pair rules (min score 20, gap 5, 10 per response, file order) divided by 10 (module docstring)
+AUTHORS_PAIR_RULES = ("--min-score", "2", "--min-margin", "0.5", "--max-pairs-per-response", "10",
+                      "--cap-order", "file")
+DIVPO_FLAGS = ("--pairs", "divpo", "--divpo-pool", "8", "--divpo-high", "3", "--divpo-low", "2")
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-    """One arm: kind "base" (evaluated only), "sft", or "pref" (DPO / CrPO from the seed's SFT model)."""
+    """One arm: kind "base" (evaluated only), "sft", or "pref" (DPO / CrPO / DivPO from the seed's SFT model)."""
     name: str
     kind: str
-    lambdas: tuple = ()          # ((dimension, lambda), ...) > 0 only; empty = plain DPO
-    weight_on: str = "margin"
+    lambdas: tuple = ()          # ((dimension, lambda), ...) > 0 only; empty = plain DPO loss
+    pair_flags: tuple = AUTHORS_PAIR_RULES  # how crpo.py makes its pairs
     signal: tuple = ()           # eval metrics that were also this arm's training signal
+    weight_on: str = "chosen"
 
 
 CORE_ARMS = (Arm("base", "base"), Arm("sft", "sft"), Arm("dpo", "pref"),
              Arm("crpo_nds", "pref", (("novelty", 1.0), ("diversity", 1.0), ("surprise", 1.0)),
                  signal=("novelty", "diversity", "surprise")),
-             Arm("crpo_orig", "pref", (("originality", 1.0),), signal=("originality",)))
-EXTRA_ARMS = (Arm("crpo_div", "pref", (("diversity", 1.0),), signal=("diversity",)),
-              Arm("crpo_nds_chosen", "pref", (("novelty", 1.0), ("diversity", 1.0), ("surprise", 1.0)), "chosen",
-                  signal=("novelty", "diversity", "surprise")))
+             Arm("crpo_orig", "pref", (("originality", 1.0),), signal=("originality",)),
+             Arm("divpo", "pref", (), DIVPO_FLAGS, signal=("diversity",)))
+EXTRA_ARMS = (Arm("crpo_div", "pref", (("diversity", 1.0),), signal=("diversity",)),)
 
 
 @dataclasses.dataclass
@@ -102,40 +138,38 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--data", default=DEFAULT_DATA, help="rating rows with task and item (.jsonl or .jsonl.gz)")
-    a("--work-dir", default=os.path.join(ROOT, "runs", "experiment"), help="data subsets, models, caches, logs")
-    a("--results", default=os.path.join(ROOT, "results"), help="per-run JSON (RESULTS/experiment/), summary, figure")
+    a("--work-dir", default=os.path.join(ROOT, "runs", "experiment_v3"), help="data subsets, models, caches, logs")
+    a("--results", default=os.path.join(ROOT, "results", "v3"), help="per-run JSON (RESULTS/runs/), summary, figure")
     a("--seeds", default="0,1,2", help="training and sampling seeds, one SFT per seed")
     a("--split-seed", type=int, default=0, help="held-out prompt choice and response sampling (same for all seeds)")
     a("--heldout-per-task", type=int, default=3, help="held-out prompt groups per task")
     a("--train-responses-per-prompt", type=int, default=40)
     a("--scorer-responses-per-prompt", type=int, default=400, help="rows per training prompt for score.py fit (0: all)")
-    a("--heldout-responses-per-prompt", type=int, default=200)
-    a("--extra-arms", action="store_true", help="also crpo_div and crpo_nds_chosen (if the budget allows)")
+    a("--evaluator-responses-per-prompt", type=int, default=400, help="rows per held-out prompt for the evaluator's "
+      "score.py fit (0: all)")
+    a("--heldout-responses-per-prompt", type=int, default=100)
+    a("--extra-arms", action="store_true", help="also crpo_div (diversity = 1) if the budget allows")
     a("--sft-min-score", type=float, default=3.0, help="SFT on training responses rated at least this (1-5 scale)")
-    a("--sft-steps", type=int, default=40)
+    a("--sft-steps", type=int, default=32)
     a("--sft-lr", type=float, default=5e-4)
-    a("--max-steps", type=int, default=40, help="steps of each DPO / CrPO run")
+    a("--max-steps", type=int, default=16, help="steps of each DPO / CrPO / DivPO run")
     a("--lr", type=float, default=5e-4)
     a("--batch-size", type=int, default=8)
     a("--warmup-steps", type=int, default=4)
     a("--lora-rank", type=int, default=16)
     a("--beta", type=float, default=0.1)
     a("--max-len", type=int, default=96)
-    a("--min-margin", type=float, default=1.0)
-    a("--max-pairs-per-response", type=int, default=2)
     a("--save-every", type=int, default=10, help="training state saved every N steps (what --resume continues)")
-    a("--k", type=int, default=16, help="samples per held-out prompt per model")
+    a("--k", type=int, default=8, help="samples per held-out prompt per model")
     a("--max-new-tokens", type=int, default=40)
-    a("--max-pref-pairs", type=int, default=96)
+    a("--max-pref-pairs", type=int, default=48)
     a("--eval-batch-size", type=int, default=64)
     a("--bootstrap", type=int, default=10000, help="bootstrap resamples of the paired statistics")
     a("--threads", type=int, default=None, help="OMP_NUM_THREADS for the child processes (default: torch's)")
     a("--delete-models", action="store_true", help="delete each model once its evaluation is saved and no arm needs it")
     a("--plan", action="store_true", help="print the planned runs, what is done, and a time estimate; run nothing")
     a("--summary-only", action="store_true", help="statistics and figure from the finished runs; run nothing")
-    a("--budget-min", type=float, default=150, help="--plan: the wall-time budget it checks the estimate against")
-    a("--cost-fit-s", type=float, default=600,
-      help="--plan: assumed seconds of score.py fit until one is measured (an assumption, not a measurement)")
+    a("--budget-min", type=float, default=75, help="--plan: the wall-time budget it checks the estimate against")
     args = p.parse_args(argv)
     try:
         args.seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
@@ -164,17 +198,21 @@ def model_dir(args, name):
     return os.path.join(args.work_dir, "runs", name)
 
 
-def scorer_dir(args):
-    return os.path.join(args.work_dir, "originality_scorer")
+FITS = {"scorer": "scorer_train", "evaluator": "evaluator_train"}  # originality_<which> -> the data it fits on
 
 
-def fit_command(args, info):
-    return [sys.executable, "score.py", "fit", "--data", info["paths"]["scorer_train"], "--out", scorer_dir(args),
+def scorer_dir(args, which="scorer"):
+    """WORK/originality_scorer (training arms; training prompts) or WORK/originality_evaluator (eval; held-out)."""
+    return os.path.join(args.work_dir, f"originality_{which}")
+
+
+def fit_command(args, info, which="scorer"):
+    return [sys.executable, "score.py", "fit", "--data", info["paths"][FITS[which]], "--out", scorer_dir(args, which),
             "--folds", "0"]  # the scorer's own validity is measured in README's validity table, not here
 
 
 def train_command(args, info, arm, seed):
-    """crpo.py for one (arm, seed): SFT from the default, or DPO / CrPO from the seed's SFT model."""
+    """crpo.py for one (arm, seed): SFT from the default, or DPO / CrPO / DivPO from the seed's SFT model."""
     common = ["--data", info["paths"]["train"], "--out", model_dir(args, f"{arm.name}_s{seed}"),
               "--lora-rank", str(args.lora_rank), "--batch-size", str(args.batch_size),
               "--warmup-steps", str(args.warmup_steps), "--max-len", str(args.max_len), "--val-frac", "0",
@@ -184,22 +222,24 @@ def train_command(args, info, arm, seed):
                 "--lr", str(args.sft_lr), "--max-steps", str(args.sft_steps)]
     lambdas = dict(arm.lambdas)
     cmd = [sys.executable, "crpo.py", *common, "--model", model_dir(args, f"sft_s{seed}"), "--lr", str(args.lr),
-           "--max-steps", str(args.max_steps), "--beta", str(args.beta), "--min-margin", str(args.min_margin),
-           "--max-pairs-per-response", str(args.max_pairs_per_response), "--precompute-ref",
-           "--score-cache", os.path.join(args.work_dir, "cache"), "--weight-on", arm.weight_on]
+           "--max-steps", str(args.max_steps), "--max-train-pairs", str(args.max_steps * args.batch_size),
+           "--beta", str(args.beta), *arm.pair_flags, "--precompute-ref", "--score-cache",
+           os.path.join(args.work_dir, "cache"), "--weight-on", arm.weight_on, "--score-population", "chosen"]
     for k in LAMBDA_NAMES:
         cmd += [f"--lambda-{k}", str(lambdas.get(k, 0.0))]
+    if lambdas.get("surprise", 0) > 0:
+        cmd += ["--score-surprise", "chat"]  # the authors' surprise (README The method)
     if lambdas.get("originality", 0) > 0:
-        cmd += ["--score-originality", "model", scorer_dir(args)]
+        cmd += ["--score-originality", "model", scorer_dir(args, "scorer")]
     return cmd
 
 
 def eval_command(args, info, arm, seed, model_path):
-    """eval.py for one model (named by its arm) at sampling seed `seed`, scored with the experiment's scorer."""
+    """eval.py for one model (named by its arm) at sampling seed `seed`, originality by the evaluator scorer."""
     return [sys.executable, "eval.py", "--models", f"{arm.name}={model_path}",
             "--data", info["paths"]["heldout"], "--k", str(args.k), "--max-new-tokens", str(args.max_new_tokens),
             "--seed", str(seed), "--max-pref-pairs", str(args.max_pref_pairs), "--batch-size",
-            str(args.eval_batch_size), "--score-originality", "model", scorer_dir(args), "--cache-dir",
+            str(args.eval_batch_size), "--score-originality", "model", scorer_dir(args, "evaluator"), "--cache-dir",
             os.path.join(args.work_dir, "cache"), "--device", "cpu",
             "--out", os.path.join(args.work_dir, "evals", f"{arm.name}_s{seed}.json")]
 
@@ -213,7 +253,7 @@ def plan_runs(args, info):
             path = "default" if arm.kind == "base" else model_dir(args, name)
             runs.append(Run(arm, seed, None if arm.kind == "base" else train_command(args, info, arm, seed),
                             eval_command(args, info, arm, seed, path), path,
-                            os.path.join(args.results, "experiment", f"{name}.json"),
+                            os.path.join(args.results, "runs", f"{name}.json"),
                             f"sft_s{seed}" if arm.kind == "pref" else None))
     return runs
 
@@ -228,7 +268,8 @@ def fingerprint(run, runs_by_name, args, info):
     parent = runs_by_name.get(run.parent)
     return {"train": portable(run.train_cmd, args), "eval": portable(run.eval_cmd, args),
             "sft": portable(parent.train_cmd, args) if parent else None,
-            "fit": portable(fit_command(args, info), args), "data_sha256": info["sha256"]}
+            "fit": portable(fit_command(args, info, "scorer"), args),
+            "fit_evaluator": portable(fit_command(args, info, "evaluator"), args), "data_sha256": info["sha256"]}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -315,7 +356,7 @@ def ensure_trained(run, key, args, env, log):
 
 
 def train_key(run, by_name, args, info):
-    return {k: v for k, v in fingerprint(run, by_name, args, info).items() if k != "eval"}
+    return {k: v for k, v in fingerprint(run, by_name, args, info).items() if k not in ("eval", "fit_evaluator")}
 
 
 def slim_eval(ev):
@@ -325,18 +366,23 @@ def slim_eval(ev):
     return name, {**res, "per_prompt": per_prompt}
 
 
-def ensure_fitted(args, info, env, log):
-    """The originality scorer (WORK/originality_scorer) fitted on the training prompts, once -> its record."""
-    done_path = os.path.join(scorer_dir(args), "done.json")
-    cmd = portable(fit_command(args, info), args)
-    key = {"command": cmd, "data_sha256": info["sha256"]["scorer_train"]}
+def fit_record_path(args, which):
+    return os.path.join(args.results, "runs", f"originality_{which}.json")
+
+
+def ensure_fitted(args, info, env, log, which):
+    """An originality scorer (scorer_dir(which)) fitted once on its prompts (FITS) -> its record."""
+    done_path = os.path.join(scorer_dir(args, which), "done.json")
+    cmd = portable(fit_command(args, info, which), args)
+    key = {"command": cmd, "data_sha256": info["sha256"][FITS[which]]}
     if os.path.isfile(done_path) and read_json(done_path).get("key") == key:
         return read_json(done_path)
-    log(f"[originality scorer] fitting on {len(info['train_prompts'])} training prompts ({time.strftime('%H:%M:%S')})")
-    seconds = run_command(fit_command(args, info), os.path.join(args.work_dir, "logs", "fit_scorer.log"), env)
-    done = {"key": key, "command": cmd, "seconds": seconds, "training_prompts": info["train_prompts"]}
+    prompts = info[f"{which}_prompts"]
+    log(f"[originality {which}] fitting on {len(prompts)} prompts ({time.strftime('%H:%M:%S')})")
+    seconds = run_command(fit_command(args, info, which), os.path.join(args.work_dir, "logs", f"fit_{which}.log"), env)
+    done = {"key": key, "command": cmd, "seconds": seconds, "rows": info["rows"][FITS[which]], "prompts": prompts}
     split.write_atomic(done_path, json.dumps(done, indent=1))
-    split.write_atomic(os.path.join(args.results, "experiment", "originality_scorer.json"), json.dumps(done, indent=1))
+    split.write_atomic(fit_record_path(args, which), json.dumps(done, indent=1))
     return done
 
 
@@ -351,7 +397,7 @@ def execute(args, info, runs, env, log):
         return
     revision, dirty = git_revision()
     command = shlex.join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:])
-    fit = ensure_fitted(args, info, env, log)
+    fit = {which: ensure_fitted(args, info, env, log, which)["seconds"] for which in FITS}
     for run in todo:
         if run.parent:  # deleted or never trained: (re)train it first
             parent = by_name[run.parent]
@@ -364,7 +410,8 @@ def execute(args, info, runs, env, log):
                   "git_revision": revision, "dirty_files": dirty,
                   "fingerprint": fingerprint(run, by_name, args, info), "lambdas": dict(run.arm.lambdas),
                   "weight_on": run.arm.weight_on if run.arm.kind == "pref" else None,
-                  "training_signal": list(run.arm.signal), "fit_seconds": fit["seconds"],
+                  "pair_flags": list(run.arm.pair_flags) if run.arm.kind == "pref" else None,
+                  "training_signal": list(run.arm.signal), "fit_seconds": fit,
                   "train": train and {k: train[k] for k in ("seconds", "resumed", "summary", "metrics")},
                   "eval": {"seconds": seconds, "k": args.k, "n_prompts": len(res["per_prompt"])},
                   "metrics": {k: v for k, v in res.items() if k not in ("per_prompt", "generations")},
@@ -389,9 +436,9 @@ def delete_unneeded_models(runs, log):
 # --plan: the runs and what they should cost
 
 
-def measured_costs(args, runs):
-    """Seconds per training step (per kind, scaled to --batch-size), per generated eval sample, and the fit, from
-    this experiment's finished runs; the planning defaults (COST_*) where nothing is measured yet."""
+def measured_costs(args, info, runs):
+    """Seconds per training step (per kind, scaled to --batch-size), per evaluation, per fit, the first
+    evaluation's extra: from this experiment's finished runs where measured, else from v2's (COST_*)."""
     done = [read_json(r.result_path) for r in runs if os.path.isfile(r.result_path)]
     step = {}
     for kind in ("sft", "pref"):
@@ -399,14 +446,20 @@ def measured_costs(args, runs):
                                                                                    if a.kind == kind}]
         steps = sum(t["summary"]["steps"] for t in trained)
         step[kind] = (sum(t["seconds"] for t in trained) / steps, "measured") if steps else (
-            COST_STEP_S * args.batch_size / COST_STEP_BATCH, "planning default")
-    samples = sum(d["eval"]["k"] * d["eval"]["n_prompts"] for d in done)
-    sample = (sum(d["eval"]["seconds"] for d in done) / samples, "measured") if samples else (
-        COST_EVAL_SAMPLE_S, "planning default")
-    fit_record = os.path.join(args.results, "experiment", "originality_scorer.json")
-    fit = (read_json(fit_record)["seconds"], "measured") if os.path.isfile(fit_record) else (
-        args.cost_fit_s, "ASSUMED (--cost-fit-s), not measured")
-    return {"step_sft": step["sft"], "step_pref": step["pref"], "eval_sample": sample, "fit": fit}
+            COST_STEP_S[kind] * args.batch_size / COST_STEP_BATCH, "v2's")
+    evals = [d["eval"]["seconds"] for d in done]
+    per_eval = (sum(evals) / len(evals), "measured") if evals else (
+        COST_EVAL_FIXED_S + COST_EVAL_SAMPLE_S * args.k * len(info["heldout_prompts"]) * args.max_new_tokens,
+        "v2's per sample-token + smoke test's fixed part")
+    fit = {}
+    for which in FITS:
+        path = fit_record_path(args, which)
+        fit[which] = (read_json(path)["seconds"], "measured") if os.path.isfile(path) else (
+            COST_FIT_ROW_S * info["rows"][FITS[which]], "v2's per row")
+    measured = any(d.get("train") for d in done)  # then the per-step means include each run's start
+    return {"step_sft": step["sft"], "step_pref": step["pref"], "eval": per_eval, "fit": fit,
+            "train_fixed": (0.0, "measured") if measured else (COST_TRAIN_FIXED_S, "smoke test"),
+            "first_eval": (0.0, "measured") if evals else (COST_FIRST_EVAL_S, "v2's")}
 
 
 def run_status(run, by_name, args, info):
@@ -427,38 +480,37 @@ def run_status(run, by_name, args, info):
 
 def print_plan(args, info, runs, log):
     by_name = {r.name: r for r in runs}
-    cost = measured_costs(args, runs)
-    n_prompts = len(info["heldout_prompts"])
+    cost = measured_costs(args, info, runs)
     steps = {"sft": args.sft_steps, "pref": args.max_steps}
-    log(f"costs: SFT step {cost['step_sft'][0]:.1f} s ({cost['step_sft'][1]}), DPO/CrPO step "
-        f"{cost['step_pref'][0]:.1f} s ({cost['step_pref'][1]}), eval {cost['eval_sample'][0]:.2f} s per sample "
-        f"({cost['eval_sample'][1]}), scorer fit {cost['fit'][0]:.0f} s ({cost['fit'][1]})")
-    total = left = cost["fit"][0]
-    fit_done = os.path.isfile(os.path.join(args.results, "experiment", "originality_scorer.json"))
-    left = 0 if fit_done else left
-    log(f"  {'originality_scorer':18s} {'done' if fit_done else 'to do':30s} fit {cost['fit'][0]:6.0f} s  "
-        f"{portable(fit_command(args, info), args)}")
-    train_runs, eval_s = 0, 0.0
+    log(f"costs: SFT step {cost['step_sft'][0]:.1f} s ({cost['step_sft'][1]}), DPO/CrPO/DivPO step "
+        f"{cost['step_pref'][0]:.1f} s ({cost['step_pref'][1]}), eval {cost['eval'][0]:.0f} s per model "
+        f"({cost['eval'][1]}), first eval +{cost['first_eval'][0]:.0f} s ({cost['first_eval'][1]}), each training "
+        f"run's start +{cost['train_fixed'][0]:.0f} s ({cost['train_fixed'][1]})")
+    total = left = cost["first_eval"][0]
+    for which in FITS:
+        t, how = cost["fit"][which]
+        fit_done = os.path.isfile(fit_record_path(args, which))
+        total, left = total + t, left + (0 if fit_done else t)
+        log(f"  {'originality_' + which:22s} {'done' if fit_done else 'to do':26s} fit {t:6.0f} s ({how})  "
+            f"{portable(fit_command(args, info, which), args)}")
+    train_runs = 0
     for r in runs:
         status = run_status(r, by_name, args, info)
-        t_train = steps[r.arm.kind] * cost[f"step_{r.arm.kind}"][0] if r.train_cmd else 0.0
-        t_eval = args.k * n_prompts * cost["eval_sample"][0]
-        train_runs, eval_s = train_runs + bool(r.train_cmd), eval_s + t_eval
+        t_train = steps[r.arm.kind] * cost[f"step_{r.arm.kind}"][0] + cost["train_fixed"][0] if r.train_cmd else 0.0
+        t_eval = cost["eval"][0]
+        train_runs += bool(r.train_cmd)
         total += t_train + t_eval
         left += 0 if status == "done" else t_eval + (0 if status == "trained, eval to do" else t_train)
-        log(f"  {r.name:18s} {status:30s} train {t_train:6.0f} s, eval {t_eval:5.0f} s")
+        log(f"  {r.name:22s} {status:26s} train {t_train:6.0f} s, eval {t_eval:5.0f} s")
         for cmd in (r.train_cmd, r.eval_cmd):
             if cmd:
                 log(f"      {portable(cmd, args)}")
     budget = args.budget_min * 60
-    log(f"{len(runs)} runs ({train_runs} trained, {len(runs)} evaluated at k = {args.k} on {n_prompts} held-out "
-        f"prompts), seeds {args.seeds}: estimated {total / 60:.0f} min in all, {left / 60:.0f} min left to run; "
-        f"budget {args.budget_min:.0f} min: {'fits' if total <= budget else 'OVER BUDGET'}")
-    per_step = (cost["step_sft"][0] * len(args.seeds) + cost["step_pref"][0] * (train_runs - len(args.seeds)))
-    fit_steps = int((budget - eval_s - cost["fit"][0]) / per_step) if per_step > 0 else 0
-    log(f"steps per training run that fill the budget (SFT and DPO/CrPO alike): {fit_steps} "
-        f"(--sft-steps {fit_steps} --max-steps {fit_steps})")
-    return {"total_s": total, "left_s": left, "fit_steps": fit_steps}
+    log(f"{len(runs)} runs ({train_runs} trained, {len(runs)} evaluated at k = {args.k} on "
+        f"{len(info['heldout_prompts'])} held-out prompts), seeds {args.seeds}: estimated {total / 60:.0f} min in "
+        f"all, {left / 60:.0f} min left to run; budget {args.budget_min:.0f} min: "
+        f"{'fits' if total <= budget else 'OVER BUDGET'}")
+    return {"total_s": total, "left_s": left}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -466,7 +518,7 @@ def print_plan(args, info, runs, log):
 
 
 def write_summary(args, info, runs, log):
-    """RESULTS/experiment_summary.json and RESULTS/experiment.png from the finished runs' result files."""
+    """RESULTS/summary.json and RESULTS/figure.png from the finished runs' result files."""
     by_name, current, stale = {r.name: r for r in runs}, [], []
     for r in runs:
         try:
@@ -482,32 +534,39 @@ def write_summary(args, info, runs, log):
                                           n_boot=args.bootstrap, seed=args.split_seed)
     revision, dirty = git_revision()
     results = [r for rs in by_arm.values() for r in rs]
-    fit_record = os.path.join(args.results, "experiment", "originality_scorer.json")
-    summary = {"experiment_command": shlex.join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)]
+    fits = {w: read_json(fit_record_path(args, w)) if os.path.isfile(fit_record_path(args, w)) else None for w in FITS}
+    summary = {"version": 3,"experiment_command": shlex.join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)]
                                                 + sys.argv[1:]),
                "git_revision_now": revision, "dirty_files_now": dirty,
                "git_revisions_of_runs": sorted({r["git_revision"] or "?" for r in results}),
                "seeds": args.seeds, "split_seed": args.split_seed, "args": vars(args),
                "heldout_prompts": info["heldout_prompts"], "n_train_prompts": len(info["train_prompts"]),
                "data_rows": info["rows"], "sft_rows": info["sft_rows"], "data_sha256": info["sha256"],
-               "fit_command": portable(fit_command(args, info), args),
-               "fit_seconds": read_json(fit_record)["seconds"] if os.path.isfile(fit_record) else None,
+               "settings": {"weight_on": "chosen", "score_population": "chosen", "surprise_in_training": "chat",
+                            "pair_rules": " ".join(AUTHORS_PAIR_RULES), "divpo": " ".join(DIVPO_FLAGS),
+                            "pair_rules_note": "the authors' min score 20, gap 5 (MuCE facsco_grm_scaled) divided "
+                                               "by 10 for the 1-5 ratings: an assumed scale map"},
+               "originality_scorer_prompts": info["scorer_prompts"],
+               "originality_evaluator_prompts": info["evaluator_prompts"],
+               "originality_prompts_disjoint": not set(info["scorer_prompts"]) & set(info["evaluator_prompts"]),
+               "fit_commands": {w: portable(fit_command(args, info, w), args) for w in FITS},
+               "fit_seconds": {w: f and f["seconds"] for w, f in fits.items()},
                "commands": {f"{r['arm']}_s{r['seed']}": {"train": r["fingerprint"]["train"],
                                                          "eval": r["fingerprint"]["eval"]} for r in results},
                "seconds": {f"{r['arm']}_s{r['seed']}": {"train": r["train"] and r["train"]["seconds"],
                                                         "eval": r["eval"]["seconds"]} for r in results},
                "runs_missing": [r.name for r in runs if r.result_path not in current], "runs_stale": stale,
                **stats_part}
-    split.write_atomic(os.path.join(args.results, "experiment_summary.json"),
+    split.write_atomic(os.path.join(args.results, "summary.json"),
                  json.dumps(summary, ensure_ascii=False, indent=1))
     log(summary["table_means_markdown"])
     if paired:
         log("\n" + summary["table_paired_markdown"])
         try:
-            report.draw_figure(paired, signal, os.path.join(args.results, "experiment.png"), reference=REFERENCE)
+            report.draw_figure(paired, signal, os.path.join(args.results, "figure.png"), reference=REFERENCE)
         except plot.PlotError as e:
             log(f"no figure: {e}")
-    log(f"wrote {os.path.join(args.results, 'experiment_summary.json')}"
+    log(f"wrote {os.path.join(args.results, 'summary.json')}"
         + (f" ({len(summary['runs_missing'])} runs missing)" if summary["runs_missing"] else ""))
     return summary
 

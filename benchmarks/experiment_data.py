@@ -88,12 +88,14 @@ def write_rows(path, rows):
 
 
 def prepare_data(args):
-    """Write WORK/data/{train,scorer_train,heldout}.jsonl -> info dict (paths, hashes, prompts, counts)."""
+    """Write WORK/data/{train,scorer_train,evaluator_train,heldout}.jsonl -> info dict (paths, hashes, prompts,
+    counts). SplitError when the evaluator's prompts (held-out) meet the training or scorer prompts."""
     rows = read_ratings(args.data)
     heldout, train_prompts = split_prompts(rows, args.heldout_per_task, args.split_seed)
     d = os.path.join(args.work_dir, "data")
     files = {"train": sample_rows(rows, train_prompts, args.train_responses_per_prompt, args.split_seed),
              "scorer_train": sample_rows(rows, train_prompts, args.scorer_responses_per_prompt, args.split_seed),
+             "evaluator_train": sample_rows(rows, heldout, args.evaluator_responses_per_prompt, args.split_seed),
              "heldout": sample_rows(rows, heldout, args.heldout_responses_per_prompt, args.split_seed)}
     info = {"paths": {}, "sha256": {}, "rows": {}}
     for name, subset in files.items():
@@ -103,8 +105,22 @@ def prepare_data(args):
     task_of = {r["prompt"]: r["task"] for r in rows}
     info["heldout_prompts"] = [{"prompt": p, "task": task_of[p]} for p in heldout]
     info["train_prompts"] = train_prompts
+    prompts_of = lambda name: sorted({r["prompt"] for r in files[name]})  # noqa: E731
+    info["scorer_prompts"], info["evaluator_prompts"] = prompts_of("scorer_train"), prompts_of("evaluator_train")
+    check_disjoint(info["evaluator_prompts"], {"scorer_train": info["scorer_prompts"],
+                                               "train": prompts_of("train")})
     info["sft_rows"] = sum(r["score"] >= args.sft_min_score for r in files["train"])
     return info
+
+
+def check_disjoint(evaluator_prompts, others):
+    """SplitError naming the first shared prompt when the evaluator's prompts meet any of others {name: prompts}:
+    an arm trained with (or on) a prompt the evaluator was fitted on would be judged by a scorer that saw it."""
+    for name, prompts in others.items():
+        shared = sorted(set(evaluator_prompts) & set(prompts))
+        if shared:
+            raise SplitError(f"the originality evaluator's prompts and {name}.jsonl's share {len(shared)} prompts "
+                             f"(e.g. {shared[0]!r}): the held-out split is broken; check --data and --split-seed")
 
 
 def write_atomic(path, data):

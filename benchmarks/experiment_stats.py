@@ -25,7 +25,7 @@ from statistics import NormalDist
 import numpy as np
 
 EXACT_MAX_N = 20  # 2^20 sign patterns (8 MB of sums): enumerate; beyond, sample
-PREFERRED_ORDER = ("novelty", "diversity", "surprise", "quality", "originality", "distinct", "distinct_1",
+PREFERRED_ORDER = ("novelty", "diversity", "surprise", "quality", "originality", "on_topic", "distinct", "distinct_1",
                    "distinct_2", "length", "pref_accuracy")
 NOT_METRICS = ("prompt", "classes", "per_generation", "pref_correct", "pref_pairs")
 

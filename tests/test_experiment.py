@@ -16,7 +16,7 @@ TASK_ITEMS = {"Alternate Uses": ["ball", "shoe", "sock"], "Instances": ["round",
               "Sentence Completion": ["At lunch I", "The kids found", "My friend said"]}
 # fake eval values: novelty = 0.1 + NOVELTY_DELTA[arm] + 0.01 seed + 0.001 prompt index, so each arm's paired
 # difference to dpo is exactly its delta on every prompt
-NOVELTY_DELTA = {"base": -0.02, "sft": -0.01, "dpo": 0.0, "crpo_nds": 0.05, "crpo_orig": 0.0}
+NOVELTY_DELTA = {"base": -0.02, "sft": -0.01, "dpo": 0.0, "crpo_nds": 0.05, "crpo_orig": 0.0, "divpo": 0.0}
 
 
 def write_ratings(path):
@@ -56,6 +56,7 @@ class FakeChildren:
             seed = int(arg("--seed"))
             prompts = sorted({json.loads(line)["prompt"] for line in open(arg("--data"))})
             per_prompt = [{"prompt": p, "novelty": 0.1 + NOVELTY_DELTA[name] + 0.01 * seed + 0.001 * i,
+                           "on_topic": 1.0 - 0.1 * (name == "divpo"),
                            "length": 10.0 + i + seed, "classes": 2, "per_generation": {"novelty": [0.1, 0.2]},
                            "pref_correct": 1.0, "pref_pairs": 2} for i, p in enumerate(prompts)]
             out = {"models": {name: {"novelty": {"mean": 0.1, "lo": 0.0, "hi": 0.2}, "per_prompt": per_prompt,
@@ -91,8 +92,9 @@ def test_planned_commands_data_and_order(tiny):
     assert run() == 0
     per_seed = lambda s: [f"eval base_s{s}", f"crpo.py sft_s{s}", f"eval sft_s{s}", f"crpo.py dpo_s{s}",  # noqa
                           f"eval dpo_s{s}", f"crpo.py crpo_nds_s{s}", f"eval crpo_nds_s{s}",
-                          f"crpo.py crpo_orig_s{s}", f"eval crpo_orig_s{s}"]
-    assert [script(c) for c in children.commands] == ["score.py originality_scorer"] + per_seed(0) + per_seed(1)
+                          f"crpo.py crpo_orig_s{s}", f"eval crpo_orig_s{s}", f"crpo.py divpo_s{s}", f"eval divpo_s{s}"]
+    assert [script(c) for c in children.commands] == ["score.py originality_scorer", "score.py originality_evaluator"
+                                                      ] + per_seed(0) + per_seed(1)
     cmds = {script(c): c for c in children.commands}
     work = str(tmp / "work")
     # data: held-out prompts from every task, disjoint from training and from the scorer's data
@@ -100,31 +102,42 @@ def test_planned_commands_data_and_order(tiny):
     held = {r["prompt"] for r in rows("heldout")}
     assert {r["task"] for r in rows("heldout")} == set(TASK_ITEMS) and len(held) == 4
     assert not held & {r["prompt"] for r in rows("train")} and not held & {r["prompt"] for r in rows("scorer_train")}
-    fit = cmds["score.py originality_scorer"]
-    assert fit[2:] == ["fit", "--data", os.path.join(work, "data", "scorer_train.jsonl"), "--out",
-                       os.path.join(work, "originality_scorer"), "--folds", "0"]
+    # the evaluator's scorer is fitted on the held-out prompts' ratings only; the arms' on the training prompts
+    assert {r["prompt"] for r in rows("evaluator_train")} == held
+    for which, data in (("scorer", "scorer_train"), ("evaluator", "evaluator_train")):
+        assert cmds[f"score.py originality_{which}"][2:] == [
+            "fit", "--data", os.path.join(work, "data", f"{data}.jsonl"), "--out",
+            os.path.join(work, f"originality_{which}"), "--folds", "0"]
     sft = cmds["crpo.py sft_s1"]
     assert sft[sft.index("--objective") + 1] == "sft" and sft[sft.index("--sft-min-score") + 1] == "3.0"
     assert sft[sft.index("--max-steps") + 1] == "2" and sft[sft.index("--seed") + 1] == "1" and "--model" not in sft
 
     def lambdas(cmd):
         return {k: float(cmd[cmd.index(f"--lambda-{k}") + 1]) for k in experiment.LAMBDA_NAMES}
-    dpo, nds, orig = cmds["crpo.py dpo_s1"], cmds["crpo.py crpo_nds_s1"], cmds["crpo.py crpo_orig_s1"]
+    dpo, nds, orig, div = (cmds[f"crpo.py {a}_s1"] for a in ("dpo", "crpo_nds", "crpo_orig", "divpo"))
     assert dpo[dpo.index("--model") + 1] == os.path.join(work, "runs", "sft_s1")
     assert set(lambdas(dpo).values()) == {0.0} and "--score-originality" not in dpo
     assert lambdas(nds) == {"novelty": 1.0, "diversity": 1.0, "surprise": 1.0, "quality": 0.0, "originality": 0.0}
     assert lambdas(orig)["originality"] == 1.0 and sum(lambdas(orig).values()) == 1.0
     assert orig[orig.index("--score-originality") + 1:][:2] == ["model", os.path.join(work, "originality_scorer")]
-    assert all(c[c.index("--weight-on") + 1] == "margin" for c in (dpo, nds, orig))
-    assert all(c[c.index("--max-steps") + 1] == "3" for c in (dpo, nds, orig))
+    flag = lambda c, f: c[c.index(f) + 1]  # noqa: E731
+    for c in (dpo, nds, orig, div):  # the authors' weight and population; the same budget and pair count
+        assert flag(c, "--weight-on") == "chosen" and flag(c, "--score-population") == "chosen"
+        assert flag(c, "--max-steps") == "3" and flag(c, "--max-train-pairs") == str(3 * 8)
+    for c in (dpo, nds, orig):  # their pair rules / 10 on the 1-5 scale
+        assert [flag(c, f) for f in ("--min-score", "--min-margin", "--max-pairs-per-response", "--cap-order")] == [
+            "2", "0.5", "10", "file"] and "--pairs" not in c
+    assert flag(nds, "--score-surprise") == "chat" and "--score-surprise" not in dpo + orig + div
+    assert [flag(div, f) for f in ("--pairs", "--divpo-pool", "--divpo-high", "--divpo-low")] == ["divpo", "8", "3", "2"]
+    assert set(lambdas(div).values()) == {0.0} and "--min-score" not in div
     ev = cmds["eval crpo_orig_s1"]
     assert ev[ev.index("--models") + 1] == "crpo_orig=" + os.path.join(work, "runs", "crpo_orig_s1")
     assert [ev[ev.index(f) + 1] for f in ("--k", "--seed", "--data")] == [
         "2", "1", os.path.join(work, "data", "heldout.jsonl")]
-    assert ev[ev.index("--score-originality") + 1:][:2] == ["model", os.path.join(work, "originality_scorer")]
+    assert ev[ev.index("--score-originality") + 1:][:2] == ["model", os.path.join(work, "originality_evaluator")]
     assert cmds["eval base_s0"][cmds["eval base_s0"].index("--models") + 1] == "base=default"
     # each run left a small result: commands, seed, no per-generation lists
-    res = json.load(open(tmp / "results" / "experiment" / "crpo_nds_s1.json"))
+    res = json.load(open(tmp / "results" / "runs" / "crpo_nds_s1.json"))
     assert res["seed"] == 1 and res["arm"] == "crpo_nds" and res["train"]["summary"]["steps"] == 3
     assert res["fingerprint"]["train"].startswith("python crpo.py --data '$WORK/data/train.jsonl'")
     assert "per_generation" not in res["per_prompt"][0] and res["training_signal"] == ["novelty", "diversity",
@@ -134,7 +147,7 @@ def test_planned_commands_data_and_order(tiny):
 def test_finished_runs_are_skipped_and_a_killed_run_resumes(tiny):
     run, children, tmp, lines = tiny
     assert run() == 0
-    results = tmp / "results" / "experiment"
+    results = tmp / "results" / "runs"
     before = {p: p.read_text() for p in results.iterdir()}
     children.commands.clear()
     assert run() == 0
@@ -162,7 +175,7 @@ def test_delete_models_and_retrain_a_deleted_sft_parent(tiny):
     run, children, tmp, _ = tiny
     assert run("--delete-models") == 0
     assert os.listdir(tmp / "work" / "runs") == []  # every model deleted once nothing needs it
-    (tmp / "results" / "experiment" / "dpo_s0.json").unlink()
+    (tmp / "results" / "runs" / "dpo_s0.json").unlink()
     children.commands.clear()
     assert run("--delete-models") == 0
     assert [script(c) for c in children.commands] == ["crpo.py sft_s0", "crpo.py dpo_s0", "eval dpo_s0"]
@@ -180,25 +193,33 @@ def test_changed_configuration_is_refused_in_one_line(tiny, capsys):
     assert children.commands == []
     # the summary never mixes configurations: with --max-steps 4 the DPO / CrPO results are stale
     assert run("--max-steps", "4", "--summary-only") == 0
-    summary = json.load(open(tmp / "results" / "experiment_summary.json"))
-    assert sorted(summary["runs_stale"]) == sorted(f"{a}_s{s}" for a in ("dpo", "crpo_nds", "crpo_orig") for s in (0, 1))
+    summary = json.load(open(tmp / "results" / "summary.json"))
+    assert sorted(summary["runs_stale"]) == sorted(f"{a}_s{s}" for a in ("dpo", "crpo_nds", "crpo_orig", "divpo")
+                                                   for s in (0, 1))
     assert set(summary["arm_means"]) == {"base", "sft"} and "paired_variants" not in summary
 
 
 def test_summary_statistics_and_figure(tiny):
     run, _, tmp, _ = tiny
     assert run() == 0
-    summary = json.load(open(tmp / "results" / "experiment_summary.json"))
-    assert summary["seeds"] == [0, 1] and summary["metrics"] == ["novelty", "length", "pref_accuracy"]
-    assert summary["runs_missing"] == [] and len(summary["heldout_prompts"]) == 4
+    summary = json.load(open(tmp / "results" / "summary.json"))
+    assert summary["seeds"] == [0, 1] and summary["metrics"] == ["novelty", "on_topic", "length", "pref_accuracy"]
+    assert summary["runs_missing"] == [] and len(summary["heldout_prompts"]) == 4 and summary["version"] == 3
+    held = {p["prompt"] for p in summary["heldout_prompts"]}
+    assert set(summary["originality_evaluator_prompts"]) == held and summary["originality_prompts_disjoint"]
+    assert len(summary["originality_scorer_prompts"]) == 8 and not held & set(summary["originality_scorer_prompts"])
+    assert summary["settings"]["weight_on"] == "chosen" and "--min-score 2" in summary["settings"]["pair_rules"]
     variants, context = summary["paired_variants"], summary["paired_context"]
-    assert set(variants) == {"crpo_nds", "crpo_orig"} and set(context) == {"base", "sft"}
+    assert set(variants) == {"crpo_nds", "crpo_orig", "divpo"} and set(context) == {"base", "sft"}
     nds = variants["crpo_nds"]["novelty"]
     assert nds["mean"] == pytest.approx(0.05) and nds["lo"] == pytest.approx(0.05) and nds["hi"] == pytest.approx(0.05)
     assert nds["n_prompts"] == 4 and nds["seeds"] == [0, 1]
     assert nds["p"] == pytest.approx(2 / 2 ** 4)  # four positive paired differences
-    # Holm over the variants family: 2 arms x 3 metrics; sorted p: 2/16, then 1, 1, ... -> 6 x 2/16 = 0.75
-    assert nds["p_holm"] == pytest.approx(0.75)
+    # Holm over the variants family: 3 arms x 4 metrics; sorted p: 2/16 (crpo_nds novelty, divpo on_topic), then
+    # 1, ... -> min(1, 12 x 2/16) = 1
+    assert nds["p_holm"] == pytest.approx(1.0) and nds["p"] * 12 > 1
+    assert variants["divpo"]["on_topic"]["mean"] == pytest.approx(-0.1)  # the on-topic share is compared too
+    assert summary["arm_means"]["divpo"]["on_topic"]["mean"] == pytest.approx(0.9)
     assert variants["crpo_orig"]["length"]["mean"] == pytest.approx(0.0)
     assert variants["crpo_orig"]["length"]["p"] == pytest.approx(1.0)
     assert context["base"]["novelty"]["mean"] == pytest.approx(-0.02)
@@ -206,7 +227,7 @@ def test_summary_statistics_and_figure(tiny):
     assert summary["training_signal"]["crpo_orig"] == ["originality"]
     assert summary["commands"]["dpo_s0"]["train"].startswith("python crpo.py")
     pytest.importorskip("matplotlib")  # the figure is optional; the summary above is not
-    with open(tmp / "results" / "experiment.png", "rb") as f:
+    with open(tmp / "results" / "figure.png", "rb") as f:
         head = f.read(24)
     assert head[:8] == b"\x89PNG\r\n\x1a\n" and min(struct.unpack(">II", head[16:24])) > 100
 
@@ -214,11 +235,11 @@ def test_summary_statistics_and_figure(tiny):
 def test_plan_uses_measured_costs_and_reports_what_is_left(tiny):
     run, _, tmp, lines = tiny
     assert run("--plan") == 0
-    assert any("planning default" in line and "ASSUMED" in line for line in lines)
+    assert any("v2's" in line for line in lines if line.startswith("costs"))
     assert not (tmp / "results").exists()  # --plan runs nothing
     assert run() == 0
     lines.clear()
     assert run("--plan") == 0
-    assert any("measured" in line and "planning default" not in line for line in lines if line.startswith("costs"))
+    assert any("measured" in line and "v2's" not in line for line in lines if line.startswith("costs"))
     assert any("0 min left to run" in line for line in lines)
-    assert sum(" done " in line for line in lines) == 2 * 5 + 1
+    assert sum(" done " in line for line in lines) == 2 * 6 + 2

@@ -65,3 +65,22 @@ def test_read_ratings_reads_gz_and_keeps_the_four_tasks(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"task": 1}\nnot json\n')
     with pytest.raises(split.SplitError, match=r"bad.jsonl:2: not JSON"):
         split.read_ratings(str(tmp_path / "bad.jsonl"))
+
+
+def test_evaluator_prompts_must_be_disjoint_from_the_arms_prompts():
+    split.check_disjoint(["a", "b"], {"scorer_train": ["c"], "train": ["d", "e"]})  # disjoint: no error
+    with pytest.raises(split.SplitError, match=r"evaluator's prompts and train.jsonl's share 1 prompts \(e.g. 'b'\)"):
+        split.check_disjoint(["a", "b"], {"scorer_train": ["c"], "train": ["b", "e"]})
+
+
+def test_prepare_data_writes_the_evaluator_data_from_the_heldout_prompts_only(tmp_path):
+    import argparse
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_of(ITEMS)))
+    args = argparse.Namespace(data=str(tmp_path / "r.jsonl"), heldout_per_task=1, split_seed=0, work_dir=str(tmp_path),
+                              train_responses_per_prompt=2, scorer_responses_per_prompt=0,
+                              evaluator_responses_per_prompt=2, heldout_responses_per_prompt=0, sft_min_score=2)
+    info = split.prepare_data(args)
+    held = {p["prompt"] for p in info["heldout_prompts"]}
+    assert set(info["evaluator_prompts"]) == held and not held & set(info["scorer_prompts"])
+    assert set(info["scorer_prompts"]) == set(info["train_prompts"])
+    assert info["rows"]["evaluator_train"] == 2 * len(held)  # 2 of each held-out prompt's 3 responses

@@ -133,3 +133,72 @@ def test_split_column_through_crpo_flags_for_pairs_and_sft():
         ["a doorstop for a windy kitchen", "grind it into pigment for cave paintings", "a bookend on a shelf",
          "a lock pick for a diary", "bend it into a miniature sculpture of the owner", "a zipper pull replacement"])
     assert sorted(p["chosen"] for p in val) == ["the cat walked in holding a map", "the ocean poured into the hallway"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# DivPO pairs (pairs.divpo_pairs)
+
+HAND_VECTORS = {"A": (1.0, 0.0), "B": (0.0, 1.0), "C": (1.0, 0.0), "D": (1.0, 1.0)}
+
+
+def hand_embed(texts):
+    return np.array([HAND_VECTORS[t] for t in texts], dtype=np.float64)
+
+
+def rating(prompt, response, score):
+    return {"kind": "rating", "prompt": prompt, "response": response, "score": score}
+
+
+def test_divpo_picks_the_most_diverse_high_and_the_least_diverse_low_response_by_hand():
+    # cos: A.B 0, A.C 1, A.D B.D C.D 1/sqrt 2 (= .7071); div = mean of (1 - cos) over the 3 others:
+    # div(A) = (1 + 0 + .2929) / 3 = .4310, div(B) = (1 + 1 + .2929) / 3 = .7643, div(C) = .4310, div(D) = .2929
+    rows = [rating("p", "A", 4.0), rating("p", "B", 3.0), rating("p", "C", 1.0), rating("p", "D", 2.0)]
+    got, stats = pairs.divpo_pairs(rows, hand_embed, pool_size=0, high=3.0, low=2.0)
+    # high (>= 3): A .431, B .764 -> B (not A, the best rated); low (<= 2): C .431, D .293 -> D (not C, the worst rated)
+    assert [(p["chosen"], p["rejected"]) for p in got] == [("B", "D")]
+    assert (got[0]["score_chosen"], got[0]["score_rejected"]) == (3.0, 2.0)
+    assert got[0]["diversity_pool_chosen"] == pytest.approx((2 + 1 - 2 ** -0.5) / 3, abs=1e-12)
+    assert got[0]["diversity_pool_rejected"] == pytest.approx(1 - 2 ** -0.5, abs=1e-12)
+    assert (stats["pools"], stats["pairs"], stats["no_high"], stats["no_low"]) == (1, 1, 0, 0)
+    # with the threshold at 4 only A is high: the pair is (A, D)
+    got, _ = pairs.divpo_pairs(rows, hand_embed, pool_size=0, high=4.0, low=2.0)
+    assert [(p["chosen"], p["rejected"]) for p in got] == [("A", "D")]
+
+
+def test_divpo_pools_are_seeded_disjoint_and_cover_every_response():
+    import random
+    pools = pairs.divpo_pools(11, 4, random.Random(3))
+    assert [len(p) for p in pools] == [5, 6]  # k = 11 // 4 = 2 pools of 11 // 2 and 11 // 2 + 1
+    assert sorted(i for p in pools for i in p) == list(range(11))
+    assert pools == pairs.divpo_pools(11, 4, random.Random(3))
+    assert pairs.divpo_pools(5, 0, random.Random(0))[0] != [] and len(pairs.divpo_pools(5, 0, random.Random(0))) == 1
+    assert len(pairs.divpo_pools(3, 8, random.Random(0))) == 1  # fewer responses than a pool: one pool of all
+
+
+def test_divpo_skips_and_counts_pools_without_a_high_or_a_low_response():
+    rows = [rating("good", "A", 4.0), rating("good", "D", 1.0),  # a pair
+            rating("all low", "A", 1.0), rating("all low", "B", 2.0),  # no high
+            rating("all high", "A", 5.0), rating("all high", "B", 3.5),  # no low
+            rating("middle", "A", 2.5), rating("middle", "B", 2.5),  # neither: counted once, as no high
+            rating("alone", "A", 5.0)]
+    got, stats = pairs.divpo_pairs(rows, hand_embed, pool_size=0, high=3.0, low=2.0)
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in got] == [("good", "A", "D")]
+    assert {k: stats[k] for k in ("prompts", "pools", "no_high", "no_low", "single_response_prompts", "pairs")} == {
+        "prompts": 5, "pools": 4, "no_high": 2, "no_low": 1, "single_response_prompts": 1, "pairs": 1}
+    with pytest.raises(data.DataError, match="no DivPO pairs: 3 pools, 2 without .* >= --divpo-high 3, 1 without"):
+        pairs.divpo_pairs(rows[2:], hand_embed, pool_size=0, high=3.0, low=2.0)
+    with pytest.raises(ValueError, match="--divpo-high .* above --divpo-low"):
+        pairs.divpo_pairs(rows, hand_embed, high=2.0, low=2.0)
+
+
+def test_divpo_through_crpo_flags(tmp_path):
+    rows = [{"prompt": f"uses for a brick {i}", "response": f"answer {j} with words {'x ' * j}", "score": 1.0 + j % 5}
+            for i in range(3) for j in range(10)]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = crpo.parse_args(["--data", str(path), "--pairs", "divpo", "--divpo-pool", "5", "--divpo-high", "4",
+                            "--divpo-low", "2", "--val-frac", "0", "--score-cache", str(tmp_path / "cache")])
+    train, val, _ = pairs.load_pairs(args, quiet)
+    assert val == [] and 1 <= len(train) <= 6  # 3 prompts x 2 pools of 5, at most one pair each
+    assert all(p["score_chosen"] >= 4 and p["score_rejected"] <= 2 for p in train)
+    assert train == pairs.load_pairs(args, quiet)[0]  # seeded pools
