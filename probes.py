@@ -3,7 +3,7 @@
 A creativity score that rewards rarity rewards nonsense too (nothing is rarer than gibberish). These
 generators make such answers for a prompt, so that the originality scorer can be trained to rate them
 low (originality.py, as negatives), the relevance scorer can learn what is off-topic (relevance.py), and
-`python -m benchmarks.probe_scores` can measure which scores can be gamed. Kinds:
+`python -m experiments.probe_scores` can measure which scores can be gamed. Kinds:
 
     gibberish       made-up words and keyboard mashes                      ("blorft vemmick zanu")
     random_words    real words in random order, no sentence                ("window seven carrot loudly")

@@ -1,4 +1,4 @@
-"""benchmarks/experiment.py end to end on a tiny configuration, every child process stubbed: the planned commands,
+"""experiments/experiment.py end to end on a tiny configuration, every child process stubbed: the planned commands,
 skipping finished runs, resuming a killed one, retraining a deleted SFT parent, refusing a changed configuration,
 and the paired statistics of the summary on fake per-run results with known differences."""
 import json
@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import experiment  # noqa: E402
+from experiments import experiment
 
 TASK_ITEMS = {"Alternate Uses": ["ball", "shoe", "sock"], "Instances": ["round", "soft", "huge"],
               "Consequences": ["no sleep", "time travel", "tiny people"],

@@ -1,4 +1,4 @@
-"""benchmarks/experiment_data.py: the held-out split (whole groups, every task, seeded), sampling, .gz reading."""
+"""experiments/experiment_data.py: the held-out split (whole groups, every task, seeded), sampling, .gz reading."""
 import gzip
 import json
 import os
@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import experiment_data as split  # noqa: E402
+from experiments import experiment_data as split
 
 
 def rows_of(prompts_per_task):

@@ -1,12 +1,11 @@
-"""benchmarks/experiment_report.py: per-arm means over seed-averaged prompts, two Holm families, tables, loading."""
+"""experiments/experiment_report.py: per-arm means over seed-averaged prompts, two Holm families, tables, loading."""
 import json
 import os
 import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import experiment_report as report  # noqa: E402
+from experiments import experiment_report as report
 
 
 def run(arm, seed, novelty):

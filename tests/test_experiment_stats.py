@@ -1,4 +1,4 @@
-"""benchmarks/experiment_stats.py against hand-computed cases: seed averaging, sign-flip p-values, Holm, effect size, MDE."""
+"""experiments/experiment_stats.py against hand-computed cases: seed averaging, sign-flip p-values, Holm, effect size, MDE."""
 import itertools
 import math
 import os
@@ -7,8 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import experiment_stats as stats  # noqa: E402
+from experiments import experiment_stats as stats
 
 
 def run(arm, seed, values, pref=None):

@@ -49,9 +49,9 @@ of this experiment are measured.
 Resumable (as v2): each finished run leaves RESULTS/runs/<arm>_s<seed>.json; a rerun skips those (same commands
 and data, else it stops), continues a killed training with crpo.py --resume, retrains a deleted SFT parent.
 
-    python benchmarks/experiment.py --plan                    # planned runs, done or not, and a time estimate
-    python benchmarks/experiment.py                           # the whole experiment (resumes)
-    python benchmarks/experiment.py --summary-only            # statistics and figure from the finished runs
+    python -m experiments.experiment --plan                    # planned runs, done or not, and a time estimate
+    python -m experiments.experiment                           # the whole experiment (resumes)
+    python -m experiments.experiment --summary-only            # statistics and figure from the finished runs
 """
 import argparse
 import dataclasses
@@ -64,10 +64,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import experiment_data as split  # noqa: E402  (benchmarks/, next to this file)
-import experiment_report as report  # noqa: E402
-import plot  # noqa: E402
+import plot
+from files import git_revision
+from experiments import experiment_data as split
+from experiments import experiment_report as report
 
 DEFAULT_DATA = os.path.join(ROOT, "data", "dt_ratings.jsonl.gz")
 LAMBDA_NAMES = ("novelty", "diversity", "surprise", "quality", "originality")  # crpo.py's --lambda-* flags
@@ -295,18 +295,6 @@ def read_json(path):
         return json.load(f)
 
 
-def git_revision():
-    """(HEAD + "-dirty" when tracked files differ from it, the differing files): the tree the run used."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.split("\n")
-    except OSError:
-        return None, []
-    dirty = [line[3:] for line in dirty if line.strip()]
-    return rev + ("-dirty" if dirty else ""), dirty
-
-
 def finished(run, fp):
     """True when run's result exists and was made by the same commands on the same data; ExperimentError when it
     exists but differs (mixing configurations silently would corrupt the statistics)."""
@@ -396,7 +384,7 @@ def execute(args, info, runs, env, log):
     if not todo:
         return
     revision, dirty = git_revision()
-    command = shlex.join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:])
+    command = shlex.join(["python", "-m", "experiments.experiment"] + sys.argv[1:])
     fit = {which: ensure_fitted(args, info, env, log, which)["seconds"] for which in FITS}
     for run in todo:
         if run.parent:  # deleted or never trained: (re)train it first
@@ -535,8 +523,7 @@ def write_summary(args, info, runs, log):
     revision, dirty = git_revision()
     results = [r for rs in by_arm.values() for r in rs]
     fits = {w: read_json(fit_record_path(args, w)) if os.path.isfile(fit_record_path(args, w)) else None for w in FITS}
-    summary = {"version": 3,"experiment_command": shlex.join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)]
-                                                + sys.argv[1:]),
+    summary = {"version": 3,"experiment_command": shlex.join(["python", "-m", "experiments.experiment"] + sys.argv[1:]),
                "git_revision_now": revision, "dirty_files_now": dirty,
                "git_revisions_of_runs": sorted({r["git_revision"] or "?" for r in results}),
                "seeds": args.seeds, "split_seed": args.split_seed, "args": vars(args),

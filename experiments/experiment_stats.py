@@ -1,4 +1,4 @@
-"""Paired statistics of benchmarks/experiment.py: each variant against a reference arm (SFT->DPO), paired by prompt.
+"""Paired statistics of experiments/experiment.py: each variant against a reference arm (SFT->DPO), paired by prompt.
 
 Input: per-run evaluation results, one per (arm, seed), each {"arm", "seed", "per_prompt": [{"prompt", METRIC: value,
 ..., "pref_correct", "pref_pairs"}]} (eval.py's per-prompt rows). For a metric m, an arm A and the reference R,

@@ -1,4 +1,4 @@
-"""The report of benchmarks/experiment.py: from the per-run result JSONs to the summary JSON, tables and figure.
+"""The report of experiments/experiment.py: from the per-run result JSONs to the summary JSON, tables and figure.
 
 Per arm, each metric as the mean over held-out prompts of the seed-averaged per-prompt value with a 95% bootstrap
 interval over prompts; per arm other than the reference, the paired statistics against it (experiment_stats).
@@ -9,8 +9,8 @@ difference is expected by construction; lean on the other metrics).
 import json
 import os
 
-import experiment_stats as stats
 import plot
+from experiments import experiment_stats as stats
 
 CONTEXT_ARMS = ("base", "sft")
 

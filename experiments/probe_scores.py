@@ -14,7 +14,7 @@ novelty's C is the human answers. A probe's percentile = (#humans below + #ties 
 score, and each cell is the median over all probes of the kind (with the range of the per-prompt medians).
 Conditions: before, after, after + relevance gate (score.py's --gate 0.5).
 
-    python -m benchmarks.probe_scores --out results/probes.json [--fold 0] [--per-kind 12] [--dims ...]
+    python -m experiments.probe_scores --out results/probes.json [--fold 0] [--per-kind 12] [--dims ...]
 """
 import argparse
 import json

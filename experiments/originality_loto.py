@@ -2,7 +2,7 @@
 negatives built from them only), predict every prompt of the fourth; mean per-prompt Spearman with the human
 rating, per held-out task. How far the scorer transfers to a kind of task it never saw.
 
-    python -m benchmarks.originality_loto --out results/originality_loto.json [--negatives 0.02]
+    python -m experiments.originality_loto --out results/originality_loto.json [--negatives 0.02]
 """
 import argparse
 import json

@@ -1,4 +1,4 @@
-"""Data of benchmarks/experiment.py: the held-out prompt split and the data subsets every run reads.
+"""Data of experiments/experiment.py: the held-out prompt split and the data subsets every run reads.
 
 Per task, `per_task` prompt groups are held out with random.Random(split_seed); a group is the prompts sharing a task
 and the first five words of the item, so near-duplicate stems ("When the kids were in the library" / "... they
@@ -13,8 +13,7 @@ import re
 import sys
 from collections import defaultdict
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import files  # noqa: E402
+import files
 
 TASKS = ("Alternate Uses", "Instances", "Consequences", "Sentence Completion")
 
