@@ -1,7 +1,9 @@
 """The documentation's own checks: README.md stays a ten-minute read (at most 2,500 words of prose and tables,
 fenced code blocks not counted), every relative link in README.md, results/README.md and benchmarks/README.md
-points at a file (and, for a #fragment, a heading) that exists, and the quick start's command blocks are there
-with the files they name. Reads text only: no model runs."""
+points at a file (and, for a #fragment, a heading) that exists, the quick start's command blocks are there with
+the files they name, every `python -m MODULE` / `python FILE.py` the three documents give names a file of this
+layout, every crpo.py flag README.md writes is in crpo.py's parser (read from its add_argument calls), and the
+reading order's file:line rows point at what they name. Reads text only: no imports of the project, no model runs."""
 import os
 import re
 import unicodedata
@@ -138,3 +140,129 @@ def test_quick_start_command_blocks_exist():
     assert os.path.isfile(os.path.join(ROOT, "examples", "muce_sample.jsonl"))
     # the printed final validation line the quick start promises is shown in the section
     assert "validation: loss" in m.group(1)
+
+
+# ---- the commands the documents give run on this layout (grep-level: nothing is imported or run) ---------------
+
+# `python -m NAME` for a module that is not the project's (the quick start's venv, pip and pytest)
+OTHER_MODULES = {"venv", "pip", "pytest"}
+# python FILE.py / python -m MODULE / torchrun [its flags] FILE.py, up to the end of the command (&&, ;, |, a
+# closing backquote, the line's end); a backslash-newline continues the command
+COMMAND = re.compile(r"(?:\bpython3?|\.venv/bin/python|\btorchrun(?:\s+--\S+)*)\s+(?:-m\s+([\w.]+)|([\w./-]+\.py))"
+                     r"((?:[^`\n&;|]|\|(?=\S))*)")
+# a command kept as the record of how a number was measured at an older revision (`git checkout 212b3a0 && ...`,
+# `... # at git 47fbc91`): it names that revision on its line and need not run on today's layout
+OLD_REVISION = re.compile(r"\bgit (?:checkout )?[0-9a-f]{7,40}\b")
+FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)(?![\w<*-])")
+# crpo.py's parser is flags.parse_args; these files hold its add_argument calls
+CRPO_PARSER_FILES = ("flags.py", "pairs.py", "splits.py", "presets.py")
+
+
+def doc_commands(text):
+    """(module or None, file or None, the command's words after it) for every python / torchrun command in a
+    Markdown text, fenced or inline; commands on a line that names an older git revision are left out."""
+    text = re.sub(r"\\\n\s*", " ", text)  # shell line continuations
+    for line in text.splitlines():
+        if OLD_REVISION.search(line):
+            continue
+        for m in COMMAND.finditer(line):
+            yield m.group(1), m.group(2), m.group(3).split("#")[0]  # a shell comment is not the command
+
+
+def flags_in(words):
+    """The --flags written in a command or a text; a placeholder (--lambda-<name>) is not one."""
+    return [f for f in FLAG.findall(words) if not f.endswith("-")]
+
+
+def add_argument_flags(source):
+    """The option strings of every add_argument call (or its alias `a(`) in a Python source, with argparse's
+    --no-X for a BooleanOptionalAction; f-strings are returned with their {placeholders}."""
+    out = set()
+    for m in re.finditer(r"(?:add_argument|\ba)\(\s*f?\"(--[^\"]+)\"([^\n]*)", source):
+        out.add(m.group(1))
+        if "BooleanOptionalAction" in m.group(2):
+            out.add("--no-" + m.group(1)[2:])
+    return out
+
+
+def crpo_flags():
+    """Every flag crpo.py's parser accepts, read from the files that build it: the literal ones, --lambda-<dim>
+    and --score-<dim> for each registry.dimension(...), and score.add_scorer_flags' --score-normalize / -gate."""
+    dims = re.findall(r"^dimension\(\"(\w+)\"", read("registry.py"), re.M)
+    score_src = read("score.py")
+    scorer_flags = score_src[score_src.index("def add_scorer_flags"):]
+    scorer_flags = scorer_flags[:scorer_flags.index("\ndef ")]
+    found = set().union(*(add_argument_flags(read(f)) for f in CRPO_PARSER_FILES))
+    found |= {f.replace("{prefix}", "score-") for f in add_argument_flags(scorer_flags)}
+    out = {"--help"}
+    for f in found:
+        out |= {f.replace("{name}", d) for d in dims} if "{name}" in f else {f}
+    return out
+
+
+def test_command_helpers_on_hand_cases():
+    text = ("`python -m experiments.probe_scores --out x.json` and\n```bash\npython crpo.py --data d.jsonl \\\n"
+            "    --lora-rank 16 --lambda-<name> 1   # --not-this\ngit checkout 0123abc && python gone.py --old\n"
+            "python3 -m venv .venv && .venv/bin/python -m pytest -q tests\n"
+            "torchrun --nproc_per_node=8 crpo.py --data m.jsonl | tee log\n```\n")
+    got = [(mod, path, flags_in(rest)) for mod, path, rest in doc_commands(text)]
+    assert got == [("experiments.probe_scores", None, ["--out"]), (None, "crpo.py", ["--data", "--lora-rank"]),
+                   ("venv", None, []), ("pytest", None, []), (None, "crpo.py", ["--data"])]
+    src = 'a("--beta", type=float)\np.add_argument("--final-state", action=argparse.BooleanOptionalAction)\n' \
+          'ap.add_argument(f"--{prefix}gate", nargs="?")\nprint("--not-a-flag")\n'
+    assert add_argument_flags(src) == {"--beta", "--final-state", "--no-final-state", "--{prefix}gate"}
+    flags = crpo_flags()
+    assert {"--data", "--lora-rank", "--lambda-novelty", "--score-originality", "--score-gate", "--divpo-pool",
+            "--split-column", "--preset", "--no-final-state"} <= flags
+    assert not {"--dims", "--normalize", "--lambda-", "--nonexistent"} & flags  # score.py's own flags are not crpo's
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_commands_name_existing_modules_and_files(doc):
+    missing = []
+    for mod, path, _ in doc_commands(read(doc)):
+        if mod is not None:
+            if mod in OTHER_MODULES:
+                continue
+            base = os.path.join(ROOT, *mod.split("."))
+            if not (os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__main__.py"))):
+                missing.append(f"python -m {mod}")
+        elif not os.path.isfile(os.path.join(ROOT, path)):
+            missing.append(f"python {path}")
+    assert not missing, f"{doc}: commands name modules or files that do not exist: {', '.join(missing)} " \
+                        f"(a command kept from an older layout names its revision on the line: git checkout REV)"
+
+
+def test_readme_crpo_flags_exist():
+    """Every --flag of a `python crpo.py` / `torchrun ... crpo.py` command in README.md, and every flag the
+    'Train: crpo.py' section names in its prose, is one crpo.py's parser has."""
+    text = read("README.md")
+    used = [f for mod, path, rest in doc_commands(text) if path == "crpo.py" for f in flags_in(rest)]
+    m = re.search(r"^### Train: crpo\.py\n(.*?)(?=^##)", text, re.M | re.S)
+    assert m, "README.md: no '### Train: crpo.py' section"
+    used += flags_in(re.sub(r"\btorchrun\s+--\S+", "", m.group(1)))
+    assert len(used) > 20
+    unknown = sorted(set(used) - crpo_flags())
+    assert not unknown, f"README.md names crpo.py flags that flags.parse_args does not have: {', '.join(unknown)}"
+
+
+def test_readme_reading_order_lines():
+    """The reading order's `module.name  file.py:N` rows: line N of that file defines name (def or class); a row
+    whose first column is not a name quotes line N in its third column."""
+    text = read("README.md")
+    m = re.search(r"\*\*Reading order\*\*.*?\n```\n(.*?)^```", text, re.M | re.S)
+    assert m, "README.md: no reading-order block under **Reading order**"
+    rows = re.findall(r"^\s*(.+?)\s{2,}([\w/]+\.py):(\d+)\s+(.*)$", m.group(1), re.M)
+    assert len(rows) >= 8
+    wrong = []
+    for ref, path, n, rest in rows:
+        lines = read(path).splitlines()
+        line = lines[int(n) - 1] if int(n) <= len(lines) else ""
+        if re.fullmatch(r"\w+\.\w+", ref):
+            name = ref.split(".")[1]
+            if not re.match(rf"\s*(?:def|class) {name}\b", line):
+                now = [i + 1 for i, s in enumerate(lines) if re.match(rf"(?:def|class) {name}\b", s)]
+                wrong.append(f"{ref} is not at {path}:{n} (now: {path}:{now[0] if now else 'gone'})")
+        elif rest.strip() not in line:
+            wrong.append(f"{path}:{n} does not read {rest.strip()!r}")
+    assert not wrong, "README.md's reading order is out of date: " + "; ".join(wrong)
