@@ -165,7 +165,7 @@ class Run:
     world: int  # number of processes
     policy: nn.Module  # the model being trained (LoRA adapters added with --lora-rank > 0)
     tokenizer: object
-    splits: dict  # {"train": pairs.Split, "val": pairs.Split}
+    splits: dict  # {"train": pairs.Split, "val": pairs.Split}; sft: pairs.SftSplit each (single-sequence batches)
     objective: Objective
     seq: nn.Module  # policy -> sequence log-probs (wrapped by DDP / FSDP2 under torchrun)
     mode: distributed.Distribution  # NONE, DDP or FSDP2
@@ -309,8 +309,9 @@ def lockstep_batches(run, split):
 
 def batch_loss(run, forward, b):
     """The objective on one batch (this rank's part of a micro-batch) -> (L, n, stats):
-    crpo: L = crpo_loss (mean over the n pairs) and its statistics; sft: L = sft_loss (mean over the n response
-    tokens), no statistics. forward: run.seq (training) or run.state_root (no-grad validation)."""
+    crpo: L = crpo_loss (mean over the n pairs; b: Split.batch, chosen rows then rejected) and its statistics;
+    sft: L = sft_loss (mean over the n response tokens; b: SftSplit.batch, one row per example), no statistics.
+    forward: run.seq (training) or run.state_root (no-grad validation)."""
     with run.autocast():
         logps, n_tokens = forward(b["input_ids"], b["attention_mask"], b["response_mask"])
     logps = logps.float()

@@ -3,8 +3,8 @@ column) -> seeded samples -> creativity scores (computed by score.py where the d
 score tensors.
 
 crpo.py calls add_flags (the pair-rule and score-population flags), then load_pairs, ensure_scores and
-tokenize_splits in that order; a Split hands out batches. Problems with the data raise data.DataError with the
-file, the line or the flag, and what to do.
+tokenize_splits in that order; a Split hands out batches of pairs, an SftSplit (--objective sft) batches of single
+sequences. Problems with the data raise data.DataError with the file, the line or the flag, and what to do.
 
 --pairs divpo (divpo_pairs): DivPO's pairs (Lanchantin et al. 2025) in place of the score-gap rules: per seeded pool
 of a prompt's responses, the most diverse high-rated response against the least diverse low-rated one.
@@ -30,7 +30,7 @@ import score
 import splits
 from conversation import prompt_key
 from measures import diversity
-from tokenizer import tokenize_pairs, tokens_summary
+from tokenizer import collate_sft, sft_tokens_summary, tokenize_pairs, tokenize_sft, tokens_summary
 
 
 def add_flags(p):
@@ -179,12 +179,12 @@ def subsample(pairs, limit, seed, what, flag, log=print):
 
 
 def sft_examples(rows, args):
-    """SFT sequences as pairs whose chosen is the response (tokenize_pairs' format; the rejected side is
-    dropped after tokenization): rating rows with score >= --sft-min-score, or in the top --sft-top-frac of
-    their prompt; the chosen side of preference rows (each (prompt, chosen) once)."""
+    """SFT examples {"prompt", "chosen": the response to imitate, "line"} (no rejected side; tokenize_sft's input):
+    rating rows with score >= --sft-min-score, or in the top --sft-top-frac of their prompt; the chosen side of
+    preference rows (each (prompt, chosen) once)."""
     if rows and rows[0]["kind"] == "preference":
         unique = {(prompt_key(r["prompt"]), r["chosen"]): r for r in rows}
-        return [{"prompt": r["prompt"], "chosen": c, "rejected": c, "line": r.get("line")} for (_, c), r in unique.items()]
+        return [{"prompt": r["prompt"], "chosen": c, "line": r.get("line")} for (_, c), r in unique.items()]
     keep = rows
     if args.sft_min_score is not None:
         keep = [r for r in rows if r["score"] >= args.sft_min_score]
@@ -197,8 +197,7 @@ def sft_examples(rows, args):
     if not keep:
         raise data.DataError(f"{args.data}: no rating row has score >= --sft-min-score {args.sft_min_score} "
                         f"(scores run from {min(r['score'] for r in rows):g} to {max(r['score'] for r in rows):g})")
-    return [{"prompt": r["prompt"], "chosen": r["response"], "rejected": r["response"], "line": r["line"]}
-            for r in keep]
+    return [{"prompt": r["prompt"], "chosen": r["response"], "line": r["line"]} for r in keep]
 
 
 def split_sft(rows, args, log):
@@ -326,13 +325,11 @@ def score_tensors(pairs, lambdas, path, sides=("chosen", "rejected")):
 
 
 class Split:
-    """One split's pairs, token ids, score tensors and (optionally precomputed) reference log-probs."""
+    """One split's pairs, token ids (tokenize_pairs' items), score tensors and (optionally precomputed) reference
+    log-probs. batch: chosen rows then rejected rows [2B, T] (collate), their scores and reference log-probs."""
 
     def __init__(self, pairs, items, scores):
         self.pairs, self.items, self.scores, self.ref = pairs, items, scores, None
-
-    def response_tokens(self, idx):
-        return sum(len(self.items[i]["chosen_ids"]) - self.items[i]["chosen_start"] for i in idx)
 
     def batch(self, idx, pad_id, device):
         b = {k: v.to(device) for k, v in data.collate([self.items[i] for i in idx], pad_id).items()}
@@ -343,19 +340,37 @@ class Split:
         return b
 
 
+class SftSplit:
+    """One split's SFT examples (sft_examples) and their token ids (tokenizer.SftSequence): no rejected side, no
+    scores, no reference. batch: one row per example [B, T] (collate_sft)."""
+
+    def __init__(self, examples, items):
+        self.pairs, self.items = examples, items  # .pairs: the name the training loop reads for either kind
+
+    def response_tokens(self, idx):
+        """Response tokens of the examples idx: what sft_loss averages over in a step."""
+        return sum(self.items[i].response_tokens for i in idx)
+
+    def batch(self, idx, pad_id, device):
+        return {k: v.to(device) for k, v in collate_sft([self.items[i] for i in idx], pad_id).items()}
+
+
 def tokenize_splits(train_pairs, val_pairs, tokenizer, lambdas, args, log):
-    """{"train": Split, "val": Split}; pairs that truncation leaves without a response are dropped (counted)."""
+    """{"train": Split, "val": Split} of pairs, or with --objective sft {"train": SftSplit, "val": SftSplit} of
+    SFT examples; those that truncation leaves without a response are dropped (counted)."""
     splits = {}
     for name, ps in (("train", train_pairs), ("val", val_pairs)):
-        items, tok_stats = (tokenize_pairs(ps, tokenizer, max_len=args.max_len, keep_identical=args.objective == "sft")
-                            if ps else ([], None))
         if args.objective == "sft":
-            for it in items:
-                del it["rejected_ids"], it["rejected_start"]
-        kept = [ps[it["index"]] for it in items]
-        splits[name] = Split(kept, items, score_tensors(kept, lambdas, args.data, score_sides(args)))
+            items, tok_stats = tokenize_sft(ps, tokenizer, max_len=args.max_len) if ps else ([], None)
+            kept = [ps[it.index] for it in items]
+            splits[name], summary = SftSplit(kept, items), sft_tokens_summary
+        else:
+            items, tok_stats = tokenize_pairs(ps, tokenizer, max_len=args.max_len) if ps else ([], None)
+            kept = [ps[it["index"]] for it in items]
+            splits[name] = Split(kept, items, score_tensors(kept, lambdas, args.data, score_sides(args)))
+            summary = tokens_summary
         log(f"{name}: {len({prompt_key(p['prompt']) for p in kept}):,} prompts; "
-            + (tokens_summary(tok_stats) if tok_stats else "no pairs"))
+            + (summary(tok_stats) if tok_stats else "no pairs"))
         if name == "train" and not items:
             raise data.DataError(f"{args.data}: all {len(ps):,} training pairs were dropped by truncation: --max-len "
                             f"{args.max_len} leaves no room for a response after the prompt; raise --max-len")

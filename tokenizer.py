@@ -9,12 +9,15 @@ conversation.Conversation (its turns, system message included, rendered by the m
 
 Built from an HF folder's tokenizer.json / tokenizer_config.json (hf_tokenizer) or from GGUF metadata
 (gguf_tokenizer); the chat format is detected from the chat template (or, failing that, the vocabulary).
-tokenize_pairs turns (prompt, chosen, rejected) pairs into chat-formatted token ids, truncated to max_len.
+tokenize_pairs turns (prompt, chosen, rejected) pairs into chat-formatted token ids, truncated to max_len, and
+collate pads them into [2B, T] batches; tokenize_sft and collate_sft do the same for SFT examples (a prompt and the
+response to imitate): one sequence each (SftSequence), [B, T] batches.
 """
 import functools
 import json
 import os
 import re
+from dataclasses import dataclass
 
 import torch
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
@@ -259,6 +262,28 @@ def _truncate(prompt_ids, keep_head, keep_tail, responses, max_len):
     return prompt_ids, [r[:room] for r in responses], cut > 0
 
 
+def _template_prompt(tokenizer):
+    """The chat template's ids around an empty prompt (up to the assistant header): where the prompt text sits
+    inside the template is what a prompt's ids share with these."""
+    try:
+        empty_ids, empty_start = tokenizer.chat("")
+        return list(empty_ids[:empty_start])
+    except Exception:  # a template that refuses empty prompts: fall back to cutting from the very left
+        return []
+
+
+def _fit(prompt_ids, responses, empty_prompt, max_len, stats):
+    """_truncate with the template's head and tail found from empty_prompt (_template_prompt); counts the cuts in
+    stats -> (prompt_ids, responses)."""
+    head = common_prefix_len([prompt_ids, empty_prompt])
+    tail = common_prefix_len([prompt_ids[head:][::-1], empty_prompt[head:][::-1]])
+    new_prompt, new_responses, prompt_cut = _truncate(prompt_ids, head, tail, responses, max_len)
+    stats["truncated_prompt"] += prompt_cut
+    for old, new in zip(responses, new_responses):
+        stats["truncated_response"] += len(new) < len(old)
+    return new_prompt, new_responses
+
+
 def tokenize_pairs(pairs, tokenizer, max_len=512, keep_identical=False):
     """Tokenize pairs through tokenizer.chat(prompt, response) -> (items, stats).
 
@@ -268,17 +293,11 @@ def tokenize_pairs(pairs, tokenizer, max_len=512, keep_identical=False):
     (template head and assistant header kept; the same cut for both sides), then the response's right.
     A pair whose chosen or rejected response is left empty is dropped, and so is one whose chosen and
     rejected token ids are identical (after truncation, or rendering): it holds no preference, yet would
-    take a share of a step. keep_identical=True keeps those (SFT examples carry the response on both sides).
-    stats counts all of it.
+    take a share of a step. keep_identical=True keeps those. stats counts all of it. (SFT examples: tokenize_sft.)
     """
     if max_len < 2:
         raise ValueError(f"max_len must be >= 2, got {max_len}")
-    # Where the prompt text sits inside the template: the tokens shared with the empty prompt's template.
-    try:
-        empty_ids, empty_start = tokenizer.chat("")
-        empty_prompt = list(empty_ids[:empty_start])
-    except Exception:  # a template that refuses empty prompts: fall back to cutting from the very left
-        empty_prompt = []
+    empty_prompt = _template_prompt(tokenizer)
 
     @functools.cache  # a response paired several times is tokenized once
     def chat(prompt, response):
@@ -295,13 +314,8 @@ def tokenize_pairs(pairs, tokenizer, max_len=512, keep_identical=False):
         groups = [(prompt_c, [resp_c, resp_r])] if prompt_c == prompt_r else [(prompt_c, [resp_c]), (prompt_r, [resp_r])]
         out = []
         for prompt_ids, responses in groups:
-            head = common_prefix_len([prompt_ids, empty_prompt])
-            tail = common_prefix_len([prompt_ids[head:][::-1], empty_prompt[head:][::-1]])
-            new_prompt, new_responses, prompt_cut = _truncate(prompt_ids, head, tail, responses, max_len)
-            stats["truncated_prompt"] += prompt_cut
-            for old, new in zip(responses, new_responses):
-                stats["truncated_response"] += len(new) < len(old)
-                out.append((new_prompt, new))
+            new_prompt, new_responses = _fit(prompt_ids, responses, empty_prompt, max_len, stats)
+            out.extend((new_prompt, new) for new in new_responses)
         if any(len(r) == 0 for _, r in out):
             stats["dropped_empty_response"] += 1
             continue
@@ -328,6 +342,54 @@ def tokens_summary(stats):
             f"token-identical after truncation)")
 
 
+@dataclass(frozen=True)
+class SftSequence:
+    """One tokenized SFT example: ids = the chat-formatted prompt + response + end-of-turn (tokenizer.chat),
+    the loss on ids[response_start:] (the response mask), index = the example's position in the list tokenized."""
+    ids: list
+    response_start: int
+    index: int
+
+    @property
+    def response_tokens(self):
+        return len(self.ids) - self.response_start
+
+
+def tokenize_sft(examples, tokenizer, max_len=512):
+    """Tokenize SFT examples {"prompt", "chosen": the response to imitate} -> (list of SftSequence, stats).
+
+    The same chat rendering and truncation as tokenize_pairs' chosen side (prompt text cut from the left with
+    the template head and assistant header kept, then the response from the right); an example whose response
+    is left empty is dropped. stats counts it all (sft_tokens_summary)."""
+    if max_len < 2:
+        raise ValueError(f"max_len must be >= 2, got {max_len}")
+    empty_prompt = _template_prompt(tokenizer)
+    stats = {"examples": len(examples), "items": 0, "truncated_prompt": 0, "truncated_response": 0,
+             "dropped_empty_response": 0, "tokens": 0, "response_tokens": 0, "longest": 0, "max_len": max_len}
+    items = []
+    for index, e in enumerate(tqdm(examples, desc="tokenizing", unit="example", disable=len(examples) < 2000,
+                                   leave=False)):
+        ids, start = tokenizer.chat(e["prompt"], e["chosen"])
+        prompt_ids, (response_ids,) = _fit(list(ids[:start]), [list(ids[start:])], empty_prompt, max_len, stats)
+        if not response_ids:
+            stats["dropped_empty_response"] += 1
+            continue
+        items.append(SftSequence(prompt_ids + response_ids, len(prompt_ids), index))
+        stats["tokens"] += len(items[-1].ids)
+        stats["response_tokens"] += len(response_ids)
+        stats["longest"] = max(stats["longest"], len(items[-1].ids))
+    stats["items"] = len(items)
+    return items, stats
+
+
+def sft_tokens_summary(stats):
+    return (f"{stats['items']:,} of {stats['examples']:,} SFT examples tokenized: {stats['tokens']:,} tokens "
+            f"({stats['response_tokens']:,} response tokens), longest sequence {stats['longest']:,} "
+            f"(max_len {stats['max_len']:,}); truncated: {stats['truncated_prompt']:,} prompts, "
+            f"{stats['truncated_response']:,} responses; {stats['dropped_empty_response']:,} dropped (response empty "
+            f"after truncation)")
+
+
 # ----------------------------------------------------------------------------------------------------
 # token ids -> padded batches
 
@@ -349,12 +411,22 @@ def pad_batch(seqs, pad_id, response_starts=None):
 
 
 def collate(items, pad_id):
-    """pad_batch of 2B sequences, rows 0..B-1 the chosen, rows B..2B-1 the rejected -> {"input_ids",
-    "attention_mask", "response_mask"} [2B, T]; response_mask is 1 exactly on the response tokens (end-of-turn included)."""
+    """pad_batch of 2B sequences (tokenize_pairs' items), rows 0..B-1 the chosen, rows B..2B-1 the rejected ->
+    {"input_ids", "attention_mask", "response_mask"} [2B, T]; response_mask is 1 exactly on the response tokens
+    (end-of-turn included)."""
     if not items:
         raise ValueError("collate needs at least one item")
-    rejected = [it for it in items if "rejected_ids" in it]  # SFT items have no rejected side
-    seqs = [it["chosen_ids"] for it in items] + [it["rejected_ids"] for it in rejected]
-    starts = [it["chosen_start"] for it in items] + [it["rejected_start"] for it in rejected]
+    seqs = [it["chosen_ids"] for it in items] + [it["rejected_ids"] for it in items]
+    starts = [it["chosen_start"] for it in items] + [it["rejected_start"] for it in items]
     input_ids, attention_mask, response_mask = pad_batch(seqs, pad_id, starts)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+
+def collate_sft(items, pad_id):
+    """pad_batch of B SftSequence (tokenize_sft), one row each -> {"input_ids", "attention_mask",
+    "response_mask"} [B, T]; response_mask is 1 exactly on the response tokens (end-of-turn included)."""
+    if not items:
+        raise ValueError("collate_sft needs at least one item")
+    input_ids, attention_mask, response_mask = pad_batch([it.ids for it in items], pad_id,
+                                                         [it.response_start for it in items])
     return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}

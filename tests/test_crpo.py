@@ -23,6 +23,7 @@ import splits
 import distributed
 import model
 import outputs
+import pairs
 import registry
 import score
 import tokenizer
@@ -625,6 +626,23 @@ def test_sft_loss_is_the_mean_nll_of_the_response_tokens(tiny, ratings, tmp_path
     assert crpo.main(argv(ratings, str(out), tmp_path / "dpo", "--max-steps", "1")) == 0
     assert crpo.sft_loss(torch.tensor([-3.0, -5.0]), torch.tensor([2, 2])).item() == 2.0  # -(-3 - 5) / (2 + 2)
 
+
+def test_sft_trains_on_single_sequence_batches(tiny, ratings, tmp_path, monkeypatch):
+    """What batch_loss sees in an SFT run: one row per example, no rejected rows, scores or reference."""
+    real, seen = crpo.batch_loss, []
+
+    def recording(run, forward, b):
+        seen.append((set(b), b["input_ids"].shape[0], int(b["response_mask"].sum()), type(run.splits["train"])))
+        loss, n, stats = real(run, forward, b)
+        assert n == seen[-1][2] and stats == {} and run.reference is None
+        return loss, n, stats
+
+    monkeypatch.setattr(crpo, "batch_loss", recording)
+    assert crpo.main(argv(ratings, tiny, tmp_path, "--objective", "sft", "--max-steps", "1", "--eval-every", "0")) == 0
+    assert len(seen) == 2 + 1  # two micro-batches of 4 sequences, then the final validation
+    assert all(keys == {"input_ids", "attention_mask", "response_mask"} and kind is pairs.SftSplit
+               for keys, _, _, kind in seen)
+    assert [rows for _, rows, _, _ in seen[:2]] == [4, 4]
 
 def test_sft_resume_equals_uninterrupted_run(tiny, ratings, tmp_path, monkeypatch):
     extra = ["--objective", "sft", "--lora-rank", "4", "--max-steps", "4"]

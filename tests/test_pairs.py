@@ -135,6 +135,41 @@ def test_split_column_through_crpo_flags_for_pairs_and_sft():
     assert sorted(p["chosen"] for p in val) == ["the cat walked in holding a map", "the ocean poured into the hallway"]
 
 
+def test_sft_batches_are_single_sequences_chosen_by_the_objective(tmp_path):
+    """--objective sft: SFT examples without a rejected side, an SftSplit whose batches are one row per example
+    ([B, T], no rejected rows, scores or reference); the same pairs under --objective crpo: a Split of [2B, T].
+    The objective decides, not the keys: pairs that do carry a rejected side tokenize as SFT sequences under sft."""
+    path = write_theirs(tmp_path / "theirs.jsonl")
+    tok = ByteTokenizer()
+    sft_args = crpo.parse_args(["--data", path, "--val-frac", "0", "--objective", "sft"])
+    examples, _, _ = pairs.load_pairs(sft_args, quiet)
+    # the chosen side of the preference rows, each (prompt, chosen) once
+    assert [(e["prompt"], e["chosen"]) for e in examples] == list(dict.fromkeys((t[0], t[1]) for t in THEIRS))
+    assert not any("rejected" in e for e in examples)
+    crpo_args = crpo.parse_args(["--data", path, "--val-frac", "0", "--lambda-novelty", "1"])
+    train, _, _ = pairs.load_pairs(crpo_args, quiet)
+    assert all("rejected" in p for p in train)
+    for given, args in ((examples, sft_args), (train, sft_args), (train, crpo_args)):
+        split = pairs.tokenize_splits(given, [], tok, lambdas_of(args) if args is crpo_args else {}, args,
+                                      quiet)["train"]
+        idx = [2, 0, 1]
+        b = split.batch(idx, tok.pad_id, "cpu")
+        chosen = [tok.chat(given[i]["prompt"], given[i]["chosen"]) for i in idx]
+        T = max(len(ids) for ids, _ in chosen)
+        if args is sft_args:
+            assert type(split) is pairs.SftSplit and set(b) == {"input_ids", "attention_mask", "response_mask"}
+            assert b["input_ids"].shape == (3, T)
+            assert split.response_tokens(idx) == sum(len(ids) - start for ids, start in chosen) \
+                == b["response_mask"].sum()
+        else:
+            rejected = [tok.chat(given[i]["prompt"], given[i]["rejected"])[0] for i in idx]
+            assert type(split) is pairs.Split and b["input_ids"].shape == (6, max(T, *map(len, rejected)))
+            assert set(b) == {"input_ids", "attention_mask", "response_mask", "scores_chosen", "scores_rejected", "ref"}
+            assert [b["input_ids"][3 + r, :len(ids)].tolist() for r, ids in enumerate(rejected)] == rejected
+        for r, (ids, start) in enumerate(chosen):  # rows 0..B-1: the chosen sequences either way
+            assert b["input_ids"][r, :len(ids)].tolist() == ids and b["attention_mask"][r].sum() == len(ids)
+            assert b["response_mask"][r].nonzero().flatten().tolist() == list(range(start, len(ids)))
+
 # ----------------------------------------------------------------------------------------------------
 # DivPO pairs (pairs.divpo_pairs)
 

@@ -244,3 +244,44 @@ def test_pairs_identical_after_truncation_are_dropped_and_counted(default):
     assert stats["dropped_identical"] == 2 and items == []
     items, stats = tokenizer.tokenize_pairs(pairs, tok, max_len=40, keep_identical=True)
     assert stats["dropped_identical"] == 0 and len(items) == 2
+
+
+def test_sft_examples_tokenize_as_the_chosen_side_of_pairs_and_collate_one_row_each(default):
+    """tokenize_sft is tokenize_pairs' chosen side (same rendering and truncation), one SftSequence per example;
+    collate_sft pads them into [B, T] by hand."""
+    _, tok = default
+    long = "word " * 80
+    examples = [{"prompt": "Name a use for a brick.", "chosen": "A doorstop."},
+                {"prompt": long, "chosen": "short"},  # prompt text cut from the left
+                {"prompt": "p", "chosen": long + "end"},  # response cut on the right
+                {"prompt": "q", "chosen": "x", "line": 7}]
+    for max_len in (40, 512):
+        items, stats = tokenizer.tokenize_sft(examples, tok, max_len=max_len)
+        as_pairs = [{"prompt": e["prompt"], "chosen": e["chosen"], "rejected": e["chosen"]} for e in examples]
+        pair_items, _ = tokenizer.tokenize_pairs(as_pairs, tok, max_len=max_len, keep_identical=True)
+        assert [(it.ids, it.response_start, it.index) for it in items] == \
+            [(p["chosen_ids"], p["chosen_start"], p["index"]) for p in pair_items]
+        assert all(isinstance(it, tokenizer.SftSequence) and len(it.ids) <= max_len for it in items)
+        assert stats["items"] == len(items) == 4 and stats["examples"] == 4
+        assert stats["tokens"] == sum(len(it.ids) for it in items)
+        assert stats["longest"] == max(len(it.ids) for it in items)
+        assert stats["response_tokens"] == sum(it.response_tokens for it in items)
+        full = [tok.chat(e["prompt"], e["chosen"]) for e in examples]  # (ids, start) untruncated
+        assert stats["truncated_prompt"] == sum(it.response_start < start for it, (_, start) in zip(items, full))
+        assert stats["truncated_response"] == sum(it.response_tokens < len(ids) - start
+                                                  for it, (ids, start) in zip(items, full))
+        assert stats["truncated_response"] == (max_len == 40) and (stats["truncated_prompt"] > 0) == (max_len == 40)
+        assert f"4 of 4 SFT examples tokenized: {stats['tokens']:,} tokens" in tokenizer.sft_tokens_summary(stats)
+    assert items[0].ids == tok.chat(examples[0]["prompt"], examples[0]["chosen"])[0]
+    # a prompt that leaves no room for a response: dropped and counted
+    items, stats = tokenizer.tokenize_sft([{"prompt": long, "chosen": "x"}], tok, max_len=2)
+    assert items == [] and stats["dropped_empty_response"] == 1
+    batch = tokenizer.collate_sft([tokenizer.SftSequence([5, 6, 7, 8], 2, 0), tokenizer.SftSequence([5, 10], 1, 1)], 0)
+    assert set(batch) == {"input_ids", "attention_mask", "response_mask"}
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [5, 10, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert batch["response_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 0, 0]]
+    with pytest.raises(ValueError):
+        tokenizer.collate_sft([], 0)
+    with pytest.raises(TypeError):  # the pair collate takes pairs only: no guessing from the items' keys
+        tokenizer.collate([tokenizer.SftSequence([5, 6], 1, 0)], 0)
