@@ -58,12 +58,8 @@ def main(argv=None):
     t0 = time.time()
     rows, _ = data.read_rows(args.data)
     groups = originality.group_rows(rows)
-    fold = originality.prompt_folds({p: g[2] for p, g in groups.items()}, 5, 0)
-    test = [p for p in groups if fold[p] == args.fold]
-    rng = np.random.default_rng(0)  # the human sample and probes of experiments/probe_scores.py
-    humans = {p: [groups[p][0][i] for i in sorted(rng.choice(len(groups[p][0]), min(100, len(groups[p][0])),
-                                                             replace=False))] for p in test}
-    sets = probe_scores.make_probe_sets(groups, test, 12, humans, 1, probe_scores.kept_aside_texts(probe_scores.KEPT_ASIDE))
+    test, _ = probe_scores.held_out_fold(groups, args.fold)
+    humans, sets = probe_scores.humans_and_probes(groups, test)  # probe_scores.py's measuring set
     lm, tokenizer = checkpoint.load(None)
     pick = np.random.default_rng(0)
     signals = ("conditional", "pmi_neutral", "cpmi")

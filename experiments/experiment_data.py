@@ -10,7 +10,6 @@ import json
 import os
 import random
 import re
-import sys
 from collections import defaultdict
 
 import files

@@ -60,6 +60,21 @@ def make_probe_sets(groups, test, per_kind, humans, seed, kept_aside):
     return out
 
 
+def held_out_fold(groups, fold):
+    """(test, train) prompts: fold `fold` of originality.prompt_folds (5 folds, seed 0) held out."""
+    folds = originality.prompt_folds({p: g[2] for p, g in groups.items()}, 5, 0)
+    return [p for p in groups if folds[p] == fold], [p for p in groups if folds[p] != fold]
+
+
+def humans_and_probes(groups, test, humans=100, per_kind=12, seed=0):
+    """The measuring set of each held-out prompt: a seeded sample of its human answers and make_probe_sets'
+    probes -> ({prompt: [answers]}, {prompt: {kind: [texts]}})."""
+    rng = np.random.default_rng(seed)
+    sample = {p: [groups[p][0][i] for i in sorted(rng.choice(len(groups[p][0]), min(humans, len(groups[p][0])),
+                                                             replace=False))] for p in test}
+    return sample, make_probe_sets(groups, test, per_kind, sample, seed + 1, kept_aside_texts(KEPT_ASIDE))
+
+
 def percentiles(groups_scores, dims):
     """[(kind, prompt, dim, percentile of each probe)] from {(prompt, kind): (raw results, n_humans)}."""
     out = []
@@ -99,12 +114,11 @@ def main(argv=None):
     t0 = time.time()
     rows, _ = data.read_rows(args.data)
     groups = originality.group_rows(rows)
-    fold = originality.prompt_folds({p: g[2] for p, g in groups.items()}, 5, 0)
-    test = [p for p in groups if fold[p] == args.fold]
-    train = [p for p in groups if fold[p] != args.fold]
+    test, train = held_out_fold(groups, args.fold)
+    train_set = set(train)
     encoder = sentence_encoder.load_encoder(None)
     embed = cache.disk_embed(encoder, args.cache_dir)
-    train_rows = [r for r in rows if fold[r["prompt"]] != args.fold]
+    train_rows = [r for r in rows if r["prompt"] in train_set]
     feats = originality.featurise(originality.group_rows(train_rows), embed, originality.Config())
     work = tempfile.mkdtemp(prefix="probe_scores_")
     fitted = {}
@@ -117,10 +131,7 @@ def main(argv=None):
     print(f"fitted on {len(train)} prompts in {time.time() - t0:.0f} s; held out {len(test)}: "
           + "; ".join(p[:60] for p in test), flush=True)
 
-    rng = np.random.default_rng(args.seed)
-    humans = {p: [groups[p][0][i] for i in sorted(rng.choice(len(groups[p][0]), min(args.humans, len(groups[p][0])),
-                                                             replace=False))] for p in test}
-    probe_sets = make_probe_sets(groups, test, args.per_kind, humans, args.seed + 1, kept_aside_texts(KEPT_ASIDE))
+    humans, probe_sets = humans_and_probes(groups, test, args.humans, args.per_kind, args.seed)
     lm, tokenizer = checkpoint.load(None) if {"surprise", "quality"} & set(dims) else (None, None)  # loaded once
     conditions = {"before": ("before", None), "after": ("after", None), "after_gate": ("after", relevance.THRESHOLD)}
     tables, detail = {}, {}

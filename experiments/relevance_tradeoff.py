@@ -73,17 +73,13 @@ def main(argv=None):
     t0 = time.time()
     rows, _ = data.read_rows(args.data)
     groups = originality.group_rows(rows)
-    fold = originality.prompt_folds({p: g[2] for p, g in groups.items()}, 5, 0)
-    test = [p for p in groups if fold[p] == args.fold]
-    train = [p for p in groups if fold[p] != args.fold]
+    test, train = probe_scores.held_out_fold(groups, args.fold)
+    train_set = set(train)
     embed = cache.disk_embed(sentence_encoder.load_encoder(None), args.cache_dir)
-    model = originality.fit([r for r in rows if fold[r["prompt"]] != args.fold], embed, originality.Config())
+    model = originality.fit([r for r in rows if r["prompt"] in train_set], embed, originality.Config())
     rel = relevance.fit(groups, train, embed, 0)
     print(f"fitted on {len(train)} prompts ({time.time() - t0:.0f} s)", flush=True)
-    rng = np.random.default_rng(0)  # the human sample and probes of experiments/probe_scores.py
-    humans = {p: [groups[p][0][i] for i in sorted(rng.choice(len(groups[p][0]), min(100, len(groups[p][0])),
-                                                             replace=False))] for p in test}
-    sets = probe_scores.make_probe_sets(groups, test, 12, humans, 1, probe_scores.kept_aside_texts(probe_scores.KEPT_ASIDE))
+    humans, sets = probe_scores.humans_and_probes(groups, test)  # probe_scores.py's measuring set
     full = {p: heads(model, rel, embed, p, groups[p][0], None) for p in test}
     sample = {p: {"_humans": heads(model, rel, embed, p, humans[p], None)} for p in test}
     for p in test:
