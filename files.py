@@ -106,13 +106,14 @@ def file_sha256(path):
 
 
 def json_safe(x):
-    """NaN (an undefined correlation, e.g. a constant prediction) -> null, so the card is strict JSON."""
+    """Non-finite floats (NaN: an undefined correlation, e.g. a constant prediction; inf) -> null, numpy scalars ->
+    Python numbers, so the result is strict JSON."""
     if isinstance(x, dict):
         return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [json_safe(v) for v in x]
     if isinstance(x, (float, np.floating)):
-        return None if math.isnan(x) else float(x)
+        return float(x) if math.isfinite(x) else None
     if isinstance(x, np.integer):
         return int(x)
     return x

@@ -27,6 +27,7 @@ import data
 import lm_scores
 import originality
 import relevance
+from files import json_safe
 from experiments import probe_scores
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,7 +89,7 @@ def main(argv=None):
     out = {"config": dict(vars(args), held_out_prompts=test, siblings=siblings, wall_s=round(time.time() - t0, 1)),
            "mean_over_prompts": summary, "per_prompt": table}
     with open(args.out, "w") as f:
-        json.dump(originality.json_safe(out), f, indent=1)
+        json.dump(json_safe(out), f, indent=1)
     print(f"wrote {args.out} ({time.time() - t0:.0f} s)")
 
 

@@ -23,20 +23,10 @@ class SplitError(Exception):
 
 def read_ratings(path):
     """Rating rows {prompt, response, score, task, item} of the four tasks from a .jsonl or .jsonl.gz file."""
-    try:
-        lines = files.read_lines(path)
-    except (OSError, EOFError) as e:
-        raise SplitError(f"--data {path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
     rows = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SplitError(f"{path}:{lineno}: not JSON ({getattr(e, 'msg', e)})") from None
-        if (isinstance(r, dict) and r.get("task") in TASKS and r.get("item") and r.get("prompt")
-                and r.get("response") and isinstance(r.get("score"), (int, float))):
+    for _, r in files.read_json_objects(path, SplitError):
+        if (r.get("task") in TASKS and r.get("item") and r.get("prompt") and r.get("response")
+                and isinstance(r.get("score"), (int, float))):
             rows.append({k: r[k] for k in ("prompt", "response", "score", "task", "item")})
     if not rows:
         raise SplitError(f"--data {path}: no rating rows with task ({', '.join(TASKS)}), item, prompt, "

@@ -11,8 +11,7 @@ for a grid of (g, c), with g = 0 the shipped scorer. Both scorers are fitted on 
 (originality.fit, relevance.fit). Per variant: the mean per-prompt Spearman with the human rating over all human
 answers of the held-out prompts (G = the prompt's answers, leave-one-out), and each probe kind's median
 percentile among 100 human answers per prompt (the probes and protocol of experiments/probe_scores.py).
-Also the language model's pointwise mutual information log p(r | x) - log p(r | neutral prompt) (mean per token,
-the embedded default model) as a candidate signal: its Spearman with the rating and its AUC against each kind.
+Language-model signals that do not measure rarity: experiments/contrastive_pmi.py.
 
     python -m experiments.relevance_tradeoff --out results/relevance_tradeoff.json [--fold 0]
 """
@@ -25,17 +24,15 @@ from dataclasses import replace
 import numpy as np
 
 import cache
-import checkpoint
 import data
 import encoder as sentence_encoder
-import lm_scores
 import originality
 import relevance
+from files import json_safe
 from experiments import probe_scores
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = ((0, 0.5), (10, 0.3), (10, 0.5), (30, 0.5), (100, 0.5), (100, 0.4), (100, 0.3), (100, 0.2))
-NEUTRAL_PROMPT = "Say something."
 
 
 def heads(model, rel, embed, prompt, responses, group):
@@ -53,14 +50,6 @@ def heads(model, rel, embed, prompt, responses, group):
 def variant(y_hat, a, p, g, c):
     """y_g,c = y_hat + 10 min(0, a - 0.3) + g min(0, p - c) -> [n]."""
     return y_hat + 10.0 * np.minimum(0.0, a - 0.3) + g * np.minimum(0.0, p - c)
-
-
-def mean_logp(lm, tokenizer, prompt, responses):
-    """Mean per-token log p(r | prompt) of each response -> [n] (lm_scores.perplexity's tokens)."""
-    out = np.zeros(len(responses))
-    for idx, ppl in lm_scores.perplexity(lm, tokenizer, prompt, responses, batch_size=32):
-        out[idx] = -np.log(ppl)
-    return out
 
 
 def main(argv=None):
@@ -93,24 +82,10 @@ def main(argv=None):
         table.append({"g": g, "c": c, "spearman": float(np.mean(rho)), "median_percentile": med})
         print(f"g={g:5.0f} c={c:.1f} spearman {np.mean(rho):+.3f}  "
               + " ".join(f"{k}={v:.2f}" for k, v in med.items()), flush=True)
-    lm, tokenizer = checkpoint.load(None)
-    pmi = {"spearman": [], **{k: [] for k in probe_scores.KINDS}}
-    for p in test:
-        texts = humans[p] + [t for k in probe_scores.KINDS for t in sets[p][k]]
-        v = mean_logp(lm, tokenizer, p, texts) - mean_logp(lm, tokenizer, NEUTRAL_PROMPT, texts)
-        n, s = len(humans[p]), len(humans[p])
-        ratings = np.array([groups[p][1][groups[p][0].index(h)] for h in humans[p]])
-        pmi["spearman"].append(originality.spearman(v[:n], ratings))
-        for k in probe_scores.KINDS:
-            pmi[k].append(relevance.auc(v[:n], v[s:s + len(sets[p][k])]))
-            s += len(sets[p][k])
-    pmi = {k: float(np.nanmean(v)) for k, v in pmi.items()}
-    print("pmi: spearman with rating %+.3f, AUC humans vs " % pmi["spearman"]
-          + " ".join(f"{k}={pmi[k]:.2f}" for k in probe_scores.KINDS), flush=True)
     out = {"config": dict(vars(args), held_out_prompts=test, training_prompts=len(train),
-                          wall_s=round(time.time() - t0, 1)), "variants": table, "pmi": pmi}
+                          wall_s=round(time.time() - t0, 1)), "variants": table}
     with open(args.out, "w") as f:
-        json.dump(originality.json_safe(out), f, indent=1)
+        json.dump(json_safe(out), f, indent=1)
     print(f"wrote {args.out} ({time.time() - t0:.0f} s)")
 
 

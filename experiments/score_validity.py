@@ -29,6 +29,7 @@ import data
 import checkpoint
 import encoder as sentence_encoder
 import measures
+from files import json_safe
 from originality import partial_spearman, spearman
 import score
 
@@ -239,19 +240,6 @@ def markdown(groups, corr):
     return "\n".join(lines)
 
 
-def finite_or_null(x):
-    """JSON has no NaN: undefined correlations (a constant column) become null."""
-    if isinstance(x, dict):
-        return {k: finite_or_null(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [finite_or_null(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=DEFAULT_DATA)
@@ -307,7 +295,7 @@ def main(argv=None):
     result["table"] = table
     print("\n" + table)
     with open(args.out, "w") as f:
-        json.dump(finite_or_null(result), f, indent=1)
+        json.dump(json_safe(result), f, indent=1)
     print(f"\nvalidity scoring {seconds:.1f} s, total {result['total_s']:.1f} s; wrote {args.out}")
 
 

@@ -64,6 +64,11 @@ def test_read_ratings_reads_gz_and_keeps_the_four_tasks(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"task": 1}\nnot json\n')
     with pytest.raises(split.SplitError, match=r"bad.jsonl:2: not JSON"):
         split.read_ratings(str(tmp_path / "bad.jsonl"))
+    (tmp_path / "list.jsonl").write_text(json.dumps(rows[0]) + "\n[1, 2]\n")  # a line that is JSON but no object
+    with pytest.raises(split.SplitError, match=r"list.jsonl:2: expected a JSON object per line"):
+        split.read_ratings(str(tmp_path / "list.jsonl"))
+    with pytest.raises(split.SplitError, match=r"missing.jsonl: cannot read"):
+        split.read_ratings(str(tmp_path / "missing.jsonl"))
 
 
 def test_evaluator_prompts_must_be_disjoint_from_the_arms_prompts():

@@ -228,6 +228,7 @@ def test_predict_edge_groups():
 
 def test_card_values_are_strict_json():
     assert O.json_safe({"a": float("nan"), "b": [np.float32(1.5), np.int64(2)], "c": "x"}) == {"a": None, "b": [1.5, 2], "c": "x"}
+    assert O.json_safe([float("inf"), -np.float64("inf"), 0.25]) == [None, None, 0.25]  # inf is not JSON either
 
 
 def test_shipped_default_card_and_weights():
